@@ -1,0 +1,232 @@
+"""The `sidecar-injector` console script: serve, inject, policies, certs.
+
+Errors are one readable line on stderr (never a traceback). Exit codes (SPEC section 5): 0 on
+success; 1 when policies are invalid or an object is denied; 2 on bad usage or unreadable input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from webhook import __version__
+from webhook.certs import generate as generate_certs
+from webhook.errors import CertificateError, InputError, PolicyError
+from webhook.offline import inject_text
+from webhook.policy import load_policy_dir, policy_schema
+from webhook.selection import parse_policy_list
+from webhook.settings import ENV_PREFIX, Settings, shipped_policies
+
+EXIT_DENIED = 1
+EXIT_USAGE = 2
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _policies_option(**kwargs: Any) -> Decorator:
+    return click.option(
+        "--policies", "policies_dir", type=click.Path(path_type=Path),
+        envvar=f"{ENV_PREFIX}POLICIES", show_envvar=True,
+        help="Directory of policy files [default: the shipped policies/].", **kwargs,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="sidecar-injector")
+def cli() -> None:
+    """Inject init containers, sidecars, volumes and resources into Pods from policy files.
+
+    Run the admission webhook with `serve`, or inject manifests offline with `inject`.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def _serve_option(name: str, **kwargs: Any) -> Decorator:
+    env = f"{ENV_PREFIX}{name.lstrip('-').replace('-', '_').upper()}"
+    return click.option(name, envvar=env, show_envvar=True, default=None, **kwargs)
+
+
+@cli.command()
+@_policies_option()
+@_serve_option("--tls-cert", type=click.Path(path_type=Path),
+               help="Serving certificate (PEM); re-read when it changes. "
+                    "Without --tls-cert/--tls-key, self-signed dev certificates are made.")
+@_serve_option("--tls-key", type=click.Path(path_type=Path), help="Private key of --tls-cert.")
+@_serve_option("--host", help="Address to listen on [default: 0.0.0.0].")
+@_serve_option("--port", type=int, help="HTTPS port [default: 8443].")
+@_serve_option("--default-policies", help="Policies for pods that name none, e.g. 'logging,auth'.")
+@_serve_option("--prefix", help="Annotation and label prefix [default: sidecar.company.com].")
+@_serve_option("--kubeconfig", type=click.Path(path_type=Path),
+               help="Kubeconfig for the Namespace watch [default: in-cluster config, if any].")
+@_serve_option("--strict/--no-strict", help="Deny pods that name an unknown policy.")
+@_serve_option("--on-conflict", type=click.Choice(["deny", "skip"]),
+               help="On a name clash: deny the pod, or skip that policy with a warning.")
+@_serve_option("--max-body-bytes", type=int, help="Largest request body [default: 3 MiB].")
+@_serve_option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+               help="Log level [default: info].")
+@_serve_option("--kube-version", help="Cluster version for sidecarMode: auto [default: native].")
+def serve(**flags: Any) -> None:
+    """Run the HTTPS admission webhook (POST /mutate, /healthz, /readyz, /metrics)."""
+    given = {key: value for key, value in flags.items() if value is not None}
+    if "policies_dir" in given:
+        given["policies"] = given.pop("policies_dir")
+    try:
+        settings = Settings(**given)
+    except ValueError as exc:
+        _fail(f"invalid settings: {_first_error(exc)}", EXIT_USAGE)
+    from webhook.serving import run  # noqa: PLC0415 - the web stack loads only for `serve`
+
+    sys.exit(run(settings))
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+    return str(exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# inject
+
+
+@cli.command()
+@click.option("-f", "--filename", "source", required=True,
+              help="Manifest file to inject, or - for standard input.")
+@_policies_option()
+@click.option("--default-policies", default="", help="Global default policies, e.g. 'logging'.")
+@click.option("--namespace-policies", default=None,
+              help="The namespace's default policies (what P/policies on it would say).")
+@click.option("--kube-version", default=None, help="Cluster version for sidecarMode: auto.")
+@click.option("--prefix", default=None, help="Annotation and label prefix.")
+@click.option("--strict", is_flag=True, help="Deny pods that name an unknown policy.")
+@click.option("--on-conflict", type=click.Choice(["deny", "skip"]), default="deny",
+              show_default=True, help="On a name clash: deny, or skip that policy.")
+@click.option("--remove", is_flag=True, help="Undo the injection recorded in P/status.")
+def inject(*, source: str, policies_dir: Path | None, default_policies: str,
+           namespace_policies: str | None, kube_version: str | None, prefix: str | None,
+           strict: bool, on_conflict: str, remove: bool) -> None:
+    """Inject Pods and pod templates in a manifest offline; write YAML to stdout.
+
+    Reads Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs and Lists,
+    in one or more YAML documents. Other kinds pass through unchanged.
+    """
+    fields: dict[str, Any] = {"default_policies": default_policies, "strict": strict,
+                              "on_conflict": on_conflict, "kube_version": kube_version}
+    if prefix:
+        fields["prefix"] = prefix
+    try:
+        config = Settings(**fields).engine_config()
+    except ValueError as exc:
+        _fail(f"invalid option: {_first_error(exc)}", EXIT_USAGE)
+    text = _read_input(source)
+    try:
+        policies = load_policy_dir(policies_dir or shipped_policies())
+    except PolicyError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(EXIT_DENIED)
+    ns_policies = parse_policy_list(namespace_policies) if namespace_policies is not None else None
+    try:
+        report = inject_text(text, source=_label(source), policies=policies, config=config,
+                             namespace_policies=ns_policies, remove=remove)
+    except InputError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    click.echo(report.output, nl=False)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for error in report.errors:
+        click.echo(f"error: {error}", err=True)
+    sys.exit(EXIT_DENIED if report.denied else 0)
+
+
+def _label(source: str) -> str:
+    return "<stdin>" if source == "-" else source
+
+
+def _read_input(source: str) -> str:
+    try:
+        if source == "-":
+            return sys.stdin.read()
+        return Path(source).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        _fail(f"{source}: no such file", EXIT_USAGE)
+    except IsADirectoryError:
+        _fail(f"{source}: is a directory, not a manifest file", EXIT_USAGE)
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"{_label(source)}: cannot read: {exc}", EXIT_USAGE)
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# policies
+
+
+@cli.group()
+def policies() -> None:
+    """Check policy files, print the policy JSON Schema."""
+
+
+@policies.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+def check(directory: Path) -> None:
+    """Validate every policy in DIRECTORY; print each problem as file:line: message."""
+    try:
+        loaded = load_policy_dir(directory)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        sys.exit(EXIT_DENIED)
+    names = ", ".join(loaded.names()) or "none"
+    click.echo(f"{directory}: {len(loaded)} policies OK ({names})")
+
+
+@policies.command()
+def schema() -> None:
+    """Print the JSON Schema of a policy document."""
+    click.echo(json.dumps(policy_schema(), indent=2, sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# certs
+
+
+@cli.group()
+def certs() -> None:
+    """Make the webhook's certificates."""
+
+
+@certs.command()
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Directory for ca.crt, ca.key, tls.crt, tls.key.")
+@click.option("--service", required=True, help="The webhook's Service name.")
+@click.option("--namespace", required=True, help="The webhook's namespace.")
+@click.option("--days", default=365, show_default=True, type=int, help="Validity in days.")
+def generate(out: Path, service: str, namespace: str, days: int) -> None:
+    """Write a CA and a serving pair for SERVICE.NAMESPACE.svc; print the base64 caBundle."""
+    try:
+        bundle = generate_certs(out, service=service, namespace=namespace, days=days)
+    except CertificateError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    click.echo(bundle)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,122 @@
+"""The injection engine: one pod in, a decision and its RFC 6902 patch out.
+
+Every caller (the server's `/mutate`, the `inject` CLI, the end-to-end suite) goes through
+`mutate`, which reads as the whole pipeline:
+
+    read the pod -> decide (selection) -> render the additions -> build the patch -> outcome
+
+It is pure: no I/O, no web framework, no Kubernetes client. Bad input is a `Deny` (an object that
+is not a pod) or a `Skip`, never an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook.patch import Operation, injection_patch, removal_patch, stamp_patch
+from webhook.policy import PolicySet
+from webhook.render import (
+    InvalidPodError,
+    OnConflict,
+    PodView,
+    RenderOptions,
+    render,
+    skipped_status,
+)
+from webhook.selection import Decision, Deny, Inject, Selection, Skip, SkipReason, select
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything besides the pod and the policies that shapes a result."""
+
+    selection: Selection = field(default_factory=Selection)
+    on_conflict: OnConflict = "deny"
+    kube_version: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The engine's answer for one pod."""
+
+    decision: Decision
+    patch: list[Operation] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return not isinstance(self.decision, Deny)
+
+    @property
+    def message(self) -> str | None:
+        """Why the pod is denied, for the client; None when it is allowed."""
+        return self.decision.message if isinstance(self.decision, Deny) else None
+
+    @property
+    def policies(self) -> tuple[str, ...]:
+        """The policies actually applied."""
+        return self.decision.policies if isinstance(self.decision, Inject) else ()
+
+    @property
+    def result(self) -> str:
+        """`injected`, `denied` or the skip reason: the metric label and log field."""
+        if isinstance(self.decision, Skip):
+            return self.decision.reason.value
+        return "injected" if isinstance(self.decision, Inject) else "denied"
+
+
+def mutate(
+    pod: Any,
+    *,
+    namespace: str,
+    policies: PolicySet,
+    config: EngineConfig,
+    namespace_policies: Sequence[str] | None = None,
+) -> Outcome:
+    """Decide for `pod` in `namespace` and build the patch; `namespace_policies` None = unknown."""
+    try:
+        view = PodView.of(pod, namespace)
+    except InvalidPodError as exc:
+        return Outcome(Deny(f"pod {_best_name(pod, namespace)}: {exc}"))
+    keys = config.selection.keys
+    decision = select(view.metadata, namespace=view.namespace, settings=config.selection,
+                      known=policies.policies, namespace_policies=namespace_policies)
+    if isinstance(decision, Skip):
+        return _skip(view, decision, keys.status)
+    if isinstance(decision, Deny):
+        return Outcome(decision, warnings=decision.warnings)
+    options = RenderOptions(status_key=keys.status, inject_key=keys.inject,
+                            on_conflict=config.on_conflict, kube_version=config.kube_version)
+    rendered = render(view, [policies[name] for name in decision.policies], options)
+    warnings = (*decision.warnings, *rendered.warnings)
+    if rendered.denial is not None:
+        return Outcome(Deny(rendered.denial, warnings), warnings=warnings)
+    if not rendered.applied:
+        return _skip(view, Skip(SkipReason.CONFLICT, warnings), keys.status)
+    applied = Inject(tuple(rendered.applied), warnings)
+    return Outcome(applied, injection_patch(view, rendered), warnings)
+
+
+def unmutate(pod: Any, *, namespace: str, config: EngineConfig) -> list[Operation]:
+    """The patch that undoes the injection recorded in `P/status`; ValueError if there is none."""
+    try:
+        view = PodView.of(pod, namespace)
+    except InvalidPodError as exc:
+        raise ValueError(str(exc)) from None
+    return removal_patch(view, config.selection.keys.status)
+
+
+def _skip(view: PodView, decision: Skip, status_key: str) -> Outcome:
+    if not decision.reason.stamped:
+        return Outcome(decision, warnings=decision.warnings)
+    patch = stamp_patch(view, status_key, skipped_status(decision.reason.value))
+    return Outcome(decision, patch, decision.warnings)
+
+
+def _best_name(pod: Any, namespace: str) -> str:
+    metadata = pod.get("metadata") if isinstance(pod, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return f"{namespace}/{name}" if namespace and isinstance(name, str) else (
+        str(name) if isinstance(name, str) else "<unnamed>")

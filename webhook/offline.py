@@ -1,0 +1,84 @@
+"""The offline `inject`: run the engine over manifests, as `istioctl kube-inject` does.
+
+Reads every document, finds each pod or pod template (`workloads`), calls `engine.mutate` (or
+`engine.unmutate` for `--remove`) and applies the patch with `jsonpatch`, so the output is exactly
+what the webhook's patch would make. Objects it does not know pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonpatch
+
+from webhook.engine import EngineConfig, mutate, unmutate
+from webhook.errors import InputError
+from webhook.policy import PolicySet
+from webhook.workloads import PodSlot, pod_slots
+from webhook.yamlsource import dump_documents, load_documents
+
+
+@dataclass(slots=True)
+class Report:
+    """The injected YAML, the lines for stderr, and whether anything was denied."""
+
+    output: str = ""
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def denied(self) -> bool:
+        return bool(self.errors)
+
+
+def inject_text(
+    text: str,
+    *,
+    source: str,
+    policies: PolicySet,
+    config: EngineConfig,
+    namespace_policies: Sequence[str] | None = None,
+    remove: bool = False,
+) -> Report:
+    """Inject (or remove) every pod in the YAML `text`; InputError if it cannot be read."""
+    report = Report()
+    values = []
+    for index, document in enumerate(load_documents(text, source), start=1):
+        if not isinstance(document.value, dict):
+            raise InputError(f"{source}:{document.line}: document {index} is a "
+                             f"{type(document.value).__name__}, not a Kubernetes object")
+        obj: dict[str, Any] = document.value
+        for slot in pod_slots(obj):
+            where = f"{source}:{document.line}: {slot.label}"
+            pod = slot.pod
+            if remove:
+                _remove(slot, config, where, report)
+                continue
+            outcome = mutate(pod, namespace=slot.namespace, policies=policies, config=config,
+                             namespace_policies=namespace_policies)
+            report.warnings.extend(f"{where}: {w}" for w in outcome.warnings)
+            if not outcome.allowed:
+                report.errors.append(f"{where}: denied: {outcome.message}")
+            elif outcome.patch:
+                slot.replace(jsonpatch.apply_patch(pod, copy.deepcopy(outcome.patch)))
+        values.append(obj)
+    report.output = dump_documents(values) if values else ""
+    return report
+
+
+def _remove(slot: PodSlot, config: EngineConfig, where: str, report: Report) -> None:
+    pod = slot.pod
+    status_key = config.selection.keys.status
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if not isinstance(annotations, dict) or status_key not in annotations:
+        report.warnings.append(f"{where}: not injected ({status_key} is absent); left unchanged")
+        return
+    try:
+        patch = unmutate(pod, namespace=slot.namespace, config=config)
+    except ValueError as exc:
+        report.errors.append(f"{where}: cannot remove the injection: {exc}")
+        return
+    slot.replace(jsonpatch.apply_patch(pod, patch))

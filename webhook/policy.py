@@ -1,0 +1,426 @@
+"""Injection policies: the typed model, loading with `file:line` errors, the JSON Schema, compiling.
+
+A policy file holds one or more `InjectionPolicy` documents (SPEC section 3). Loading checks each
+against the published JSON Schema (which embeds the real, strict Kubernetes definitions of
+Container, Volume, VolumeMount and EnvVar), then the rules a schema cannot say (quantities, names,
+fields the engine owns). Every problem of every file is reported at once. A loaded set is compiled
+once, so the request path only substitutes placeholders.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+from webhook import k8s_schema
+from webhook.errors import InputError, PolicyError
+from webhook.yamlsource import Document, format_path, load_documents
+
+API_VERSION = "sidecar.company.com/v1alpha1"
+KIND = "InjectionPolicy"
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+POLICY_SUFFIXES = (".yaml", ".yml")
+
+_DEFS = "#/$defs/"
+_REF = "x-ref"  # stands for "$ref" until policy_schema() adds the definitions it names
+
+
+def _ref(definition: str) -> WithJsonSchema:
+    return WithJsonSchema({_REF: definition})
+
+
+Container = Annotated[dict[str, Any], _ref(k8s_schema.CONTAINER)]
+Volume = Annotated[dict[str, Any], _ref(k8s_schema.VOLUME)]
+EnvVar = Annotated[dict[str, Any], _ref(k8s_schema.ENV_VAR)]
+PodVolumeMountRef = Annotated[dict[str, Any], _ref("PodVolumeMount")]
+QuantityMap = Annotated[
+    dict[str, str | int | float],
+    WithJsonSchema({"type": "object", "additionalProperties": {_REF: k8s_schema.QUANTITY}}),
+]
+
+
+class Position(StrEnum):
+    """Where a policy's init containers (and native sidecars) go among the pod's own."""
+
+    FIRST = "first"
+    LAST = "last"
+
+
+class SidecarMode(StrEnum):
+    """How a policy's `containers` are added: native (`restartPolicy: Always`) or classic."""
+
+    AUTO = "auto"
+    NATIVE = "native"
+    CLASSIC = "classic"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class Resources(_Model):
+    """Requests and limits given to injected containers that set no `resources` of their own."""
+
+    requests: QuantityMap = Field(default_factory=dict)
+    limits: QuantityMap = Field(default_factory=dict)
+
+
+class Metadata(_Model):
+    """The policy's name (what annotations refer to) and optional labels and annotations."""
+
+    name: Annotated[str, Field(pattern=DNS1123_LABEL, max_length=63)]
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class PolicySpec(_Model):
+    """What a policy adds to a pod (SPEC section 3)."""
+
+    init_containers: list[Container] = Field(default_factory=list)
+    init_container_position: Position = Position.FIRST
+    containers: list[Container] = Field(default_factory=list)
+    sidecar_mode: SidecarMode = SidecarMode.AUTO
+    volumes: list[Volume] = Field(default_factory=list)
+    volume_mounts: list[PodVolumeMountRef] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+
+
+class InjectionPolicy(_Model):
+    """One `InjectionPolicy` document."""
+
+    api_version: Literal["sidecar.company.com/v1alpha1"]
+    kind: Literal["InjectionPolicy"]
+    metadata: Metadata
+    spec: PolicySpec = Field(default_factory=PolicySpec)
+
+
+@cache
+def policy_schema() -> dict[str, Any]:
+    """The self-contained JSON Schema of a policy document (`policies/schema.json`)."""
+    generated = InjectionPolicy.model_json_schema(by_alias=True, ref_template=_DEFS + "{model}")
+    schema: dict[str, Any] = _resolve_refs(generated)
+    k8s_names = [
+        k8s_schema.CONTAINER, k8s_schema.VOLUME, k8s_schema.ENV_VAR, k8s_schema.VOLUME_MOUNT
+    ]
+    defs: dict[str, Any] = schema.setdefault("$defs", {})
+    defs.update(k8s_schema.rewrite_refs(k8s_schema.closure(k8s_names), _DEFS))
+    mount = copy.deepcopy(defs[k8s_schema.VOLUME_MOUNT])
+    mount["description"] = (
+        "A VolumeMount added to the pod's own regular containers; `containers` picks which."
+    )
+    mount["properties"]["containers"] = {
+        "description": 'Names of the pod\'s own containers to mount into; "*" (default) is all.',
+        "type": "array",
+        "items": {"type": "string"},
+        "default": ["*"],
+    }
+    defs["PodVolumeMount"] = mount
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://sidecar.company.com/schemas/injectionpolicy-v1alpha1.json"
+    schema["title"] = "InjectionPolicy"
+    return dict(sorted(schema.items()))
+
+
+def _resolve_refs(node: Any) -> Any:
+    if isinstance(node, dict):
+        if set(node) == {_REF}:
+            return {"$ref": _DEFS + node[_REF]}
+        return {key: _resolve_refs(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_resolve_refs(item) for item in node]
+    return node
+
+
+@cache
+def _schema_validator() -> jsonschema.protocols.Validator:
+    return jsonschema.Draft202012Validator(policy_schema())
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled form
+
+
+PLACEHOLDER = re.compile(
+    r"\$\{pod\.(?:(?P<field>name|generateName|namespace|serviceAccountName)"
+    r"|(?P<map>labels|annotations)\[(?:'(?P<sq>[^']*)'|\"(?P<dq>[^\"]*)\")\])\}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """An object a policy adds, with a flag saying whether placeholders must be substituted."""
+
+    value: Any
+    has_placeholders: bool
+
+    @classmethod
+    def of(cls, value: Any) -> Template:
+        return cls(value, PLACEHOLDER.search(json.dumps(value)) is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class PodMount:
+    """A volumeMount for the pod's own containers; `containers` None means all of them."""
+
+    mount: Template
+    containers: frozenset[str] | None
+
+    @property
+    def mount_path(self) -> str:
+        path: str = self.mount.value["mountPath"]
+        return path
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    """A policy ready for the request path: defaults applied, both sidecar shapes pre-built."""
+
+    name: str
+    source: str
+    position: Position
+    mode: SidecarMode
+    init_containers: tuple[Template, ...]
+    native_sidecars: tuple[Template, ...]
+    classic_sidecars: tuple[Template, ...]
+    volumes: tuple[Template, ...]
+    mounts: tuple[PodMount, ...]
+    env: tuple[Template, ...]
+    pod_annotations: dict[str, Template]
+    pod_labels: dict[str, Template]
+    digest: str
+
+    @property
+    def sidecar_names(self) -> list[str]:
+        return [t.value["name"] for t in self.classic_sidecars]
+
+    @property
+    def init_container_names(self) -> list[str]:
+        return [t.value["name"] for t in self.init_containers]
+
+    @property
+    def volume_names(self) -> list[str]:
+        return [t.value["name"] for t in self.volumes]
+
+
+def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
+    """Apply resource defaults and pre-build everything the request path needs."""
+    spec = policy.spec
+    defaults = {
+        key: dict(value)
+        for key, value in (("requests", spec.resources.requests), ("limits", spec.resources.limits))
+        if value
+    }
+
+    def with_defaults(container: dict[str, Any]) -> dict[str, Any]:
+        result = copy.deepcopy(container)
+        if defaults and not result.get("resources"):
+            result["resources"] = copy.deepcopy(defaults)
+        return result
+
+    sidecars = [with_defaults(c) for c in spec.containers]
+    mounts = []
+    for raw in spec.volume_mounts:
+        mount = {k: v for k, v in raw.items() if k != "containers"}
+        selector = raw.get("containers", ["*"])
+        mounts.append(
+            PodMount(Template.of(mount), None if "*" in selector else frozenset(selector))
+        )
+    canonical = json.dumps(policy.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return CompiledPolicy(
+        name=policy.metadata.name,
+        source=source,
+        position=spec.init_container_position,
+        mode=spec.sidecar_mode,
+        init_containers=tuple(Template.of(with_defaults(c)) for c in spec.init_containers),
+        native_sidecars=tuple(Template.of({**c, "restartPolicy": "Always"}) for c in sidecars),
+        classic_sidecars=tuple(Template.of(c) for c in sidecars),
+        volumes=tuple(Template.of(copy.deepcopy(v)) for v in spec.volumes),
+        mounts=tuple(mounts),
+        env=tuple(Template.of(copy.deepcopy(e)) for e in spec.env),
+        pod_annotations={k: Template.of(v) for k, v in spec.pod_annotations.items()},
+        pod_labels={k: Template.of(v) for k, v in spec.pod_labels.items()},
+        digest=hashlib.sha256(canonical.encode()).hexdigest(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """Every loaded policy by name, and where they came from."""
+
+    policies: dict[str, CompiledPolicy] = field(default_factory=dict)
+    source: str = ""
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.policies
+
+    def __getitem__(self, name: str) -> CompiledPolicy:
+        return self.policies[name]
+
+    def __len__(self) -> int:
+        return len(self.policies)
+
+    def names(self) -> list[str]:
+        return sorted(self.policies)
+
+
+def revision(policies: Iterable[CompiledPolicy]) -> str:
+    """A short hash of the applied policies' content; a stale one in `P/status` shows drift."""
+    digest = hashlib.sha256()
+    for policy in policies:
+        digest.update(f"{policy.name}:{policy.digest};".encode())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_policy_dir(directory: str | Path) -> PolicySet:
+    """Load and compile every `*.yaml`/`*.yml` in `directory`; PolicyError lists all problems."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise PolicyError([f"{root}: policies directory does not exist (pass --policies DIR)"])
+    files = sorted(
+        p for p in root.iterdir()
+        if p.suffix in POLICY_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+    loaded: dict[str, CompiledPolicy] = {}
+    where: dict[str, str] = {}
+    problems: list[str] = []
+    for path in files:
+        label = str(path)
+        try:
+            documents = load_documents(path.read_text(encoding="utf-8"), label)
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{label}: cannot read: {exc}")
+            continue
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
+        for document in documents:
+            policy, found = parse_policy(document, label)
+            problems.extend(found)
+            if policy is None:
+                continue
+            name = policy.metadata.name
+            here = f"{label}:{document.line_of(('metadata', 'name'))}"
+            if name in where:
+                problems.append(f"{here}: metadata.name: policy {name!r} is already defined at "
+                                f"{where[name]}; rename one of them")
+                continue
+            where[name] = here
+            loaded[name] = compile_policy(policy, here)
+    if problems:
+        raise PolicyError(problems)
+    return PolicySet(dict(sorted(loaded.items())), str(root))
+
+
+def parse_policy(document: Document, label: str) -> tuple[InjectionPolicy | None, list[str]]:
+    """Validate one document; the policy if it is valid, and every problem as `file:line: msg`."""
+    problems = [
+        f"{label}:{document.line_of(path)}: {format_path(path) or '(document)'}: {message}"
+        for path, message in _problems(document.value)
+    ]
+    if problems:
+        return None, problems
+    return InjectionPolicy.model_validate(document.value), []
+
+
+def _problems(value: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    if not isinstance(value, dict):
+        yield (), f"a policy must be a mapping, not {type(value).__name__}"
+        return
+    schema_errors = sorted(_schema_validator().iter_errors(value), key=lambda e: list(e.path))
+    for error in schema_errors:
+        best = jsonschema.exceptions.best_match(error.context) if error.context else error
+        yield tuple(best.absolute_path), best.message
+    if schema_errors:
+        return
+    yield from _rule_problems(value.get("spec") or {})
+
+
+def _rule_problems(spec: dict[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """What the schema cannot say: quantities, unique names, fields the engine owns."""
+    base = ("spec",)
+    for key in ("requests", "limits"):
+        for resource, amount in (spec.get("resources") or {}).get(key, {}).items():
+            if k8s_schema.quantity(amount) is None:
+                yield (*base, "resources", key, resource), f"{amount!r} is not a quantity"
+    seen: dict[str, str] = {}
+    for section in ("initContainers", "containers"):
+        for index, container in enumerate(spec.get(section) or []):
+            path = (*base, section, index)
+            init = section == "initContainers"
+            yield from _container_problems(container, path, run_to_completion=init)
+            name = container["name"]
+            if not _DNS1123.match(name):
+                yield (*path, "name"), (f"{name!r} is not a valid container name (lowercase "
+                                        "letters, digits and '-'; placeholders are not allowed)")
+            if name in seen:
+                yield (*path, "name"), f"container name {name!r} is already used by {seen[name]}"
+            seen[name] = f"spec.{section}[{index}]"
+    volumes: set[str] = set()
+    for index, volume in enumerate(spec.get("volumes") or []):
+        if not _DNS1123.match(volume["name"]):
+            yield (*base, "volumes", index, "name"), (
+                f"{volume['name']!r} is not a valid volume name (lowercase letters, digits and "
+                "'-'; placeholders are not allowed)")
+        if volume["name"] in volumes:
+            yield (*base, "volumes", index, "name"), f"volume name {volume['name']!r} is repeated"
+        volumes.add(volume["name"])
+    paths: set[str] = set()
+    for index, mount in enumerate(spec.get("volumeMounts") or []):
+        path = (*base, "volumeMounts", index)
+        if mount["name"] not in volumes:
+            yield (*path, "name"), (f"volume {mount['name']!r} is not in spec.volumes; "
+                                    "add it there so the pod has it")
+        if mount["mountPath"] in paths:
+            yield (*path, "mountPath"), f"mountPath {mount['mountPath']!r} is repeated"
+        paths.add(mount["mountPath"])
+    env_names: set[str] = set()
+    for index, env in enumerate(spec.get("env") or []):
+        if env["name"] in env_names:
+            yield (*base, "env", index, "name"), f"env name {env['name']!r} is repeated"
+        env_names.add(env["name"])
+
+
+_DNS1123 = re.compile(DNS1123_LABEL)
+_ENGINE_OWNED = {"restartPolicy": "the engine sets it from spec.sidecarMode"}
+_NOT_FOR_INIT = ("livenessProbe", "readinessProbe", "startupProbe", "lifecycle")
+
+
+def _container_problems(
+    container: dict[str, Any], path: tuple[str | int, ...], *, run_to_completion: bool
+) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    for key, why in _ENGINE_OWNED.items():
+        if key in container:
+            yield (*path, key), f"remove it: {why}"
+    if run_to_completion:
+        for key in _NOT_FOR_INIT:
+            if key in container:
+                yield (*path, key), ("not allowed on a run-to-completion init container; "
+                                     "move this container to spec.containers")
+    resources = container.get("resources") or {}
+    for key in ("requests", "limits", "claims"):
+        if key == "claims":
+            continue
+        for resource, amount in (resources.get(key) or {}).items():
+            if k8s_schema.quantity(amount) is None:
+                yield (*path, "resources", key, resource), f"{amount!r} is not a quantity"

@@ -1,0 +1,289 @@
+"""What to add to a pod for the chosen policies: pure data in, pure data out.
+
+`render` resolves sidecar modes, checks name clashes, substitutes placeholders and works out every
+addition (containers, volumes, mounts, env, annotations, labels) and the `P/status` record. It
+builds no patch (that is `patch`) and never touches the pod.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from webhook.policy import (
+    PLACEHOLDER,
+    CompiledPolicy,
+    Position,
+    SidecarMode,
+    Template,
+    revision,
+)
+from webhook.selection import describe_pod
+
+NATIVE_SIDECARS_SINCE = (1, 29)
+OnConflict = Literal["deny", "skip"]
+
+
+class InvalidPodError(ValueError):
+    """The object is not a pod the engine can read; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    """The parts of a pod the engine reads, checked for shape once."""
+
+    metadata: Mapping[str, Any]
+    spec: Mapping[str, Any]
+    namespace: str
+    containers: Sequence[Mapping[str, Any]]
+    init_containers: Sequence[Mapping[str, Any]]
+    volumes: Sequence[Mapping[str, Any]]
+    has_metadata: bool = True
+    has_spec: bool = True
+
+    @classmethod
+    def of(cls, pod: Any, namespace: str) -> PodView:
+        if not isinstance(pod, dict):
+            raise InvalidPodError("the pod is not an object")
+        metadata = pod.get("metadata") or {}
+        spec = pod.get("spec") or {}
+        for name, value in (("metadata", metadata), ("spec", spec)):
+            if not isinstance(value, dict):
+                raise InvalidPodError(f"{name} must be an object")
+        for key in ("annotations", "labels"):
+            if not isinstance(metadata.get(key) or {}, dict):
+                raise InvalidPodError(f"metadata.{key} must be an object")
+        lists = {key: _named_list(spec, key) for key in ("containers", "initContainers", "volumes")}
+        return cls(
+            metadata, spec, namespace or str(metadata.get("namespace") or ""),
+            lists["containers"], lists["initContainers"], lists["volumes"],
+            has_metadata="metadata" in pod, has_spec="spec" in pod,
+        )
+
+    @property
+    def name(self) -> str:
+        return describe_pod(self.metadata, self.namespace)
+
+
+def _named_list(spec: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    value = spec.get(key) or []
+    if not isinstance(value, list):
+        raise InvalidPodError(f"spec.{key} must be a list")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidPodError(f"spec.{key}[{index}] must be an object with a name")
+        for inner in ("env", "volumeMounts"):
+            if not isinstance(item.get(inner) or [], list):
+                raise InvalidPodError(f"spec.{key}[{index}].{inner} must be a list")
+    return value
+
+
+@dataclass(slots=True)
+class Rendered:
+    """Everything to add to one pod, in order, and the status record that describes it."""
+
+    init_front: list[Any] = field(default_factory=list)
+    init_back: list[Any] = field(default_factory=list)
+    containers: list[Any] = field(default_factory=list)
+    volumes: list[Any] = field(default_factory=list)
+    mounts: dict[int, list[Any]] = field(default_factory=dict)
+    env: dict[int, list[Any]] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    applied: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    denial: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOptions:
+    """Cluster facts and choices that shape rendering."""
+
+    status_key: str
+    inject_key: str
+    on_conflict: OnConflict = "deny"
+    kube_version: tuple[int, int] | None = None
+
+
+def sidecars_native(policy: CompiledPolicy, kube_version: tuple[int, int] | None) -> bool:
+    """`auto` is native unless the cluster is known to be older than 1.29."""
+    if policy.mode is SidecarMode.AUTO:
+        return kube_version is None or kube_version >= NATIVE_SIDECARS_SINCE
+    return policy.mode is SidecarMode.NATIVE
+
+
+def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOptions) -> Rendered:
+    """Work out every addition for `policies` (in order) on `pod`; a clash denies or skips."""
+    out = Rendered()
+    taken = _Names(pod)
+    chosen: list[CompiledPolicy] = []
+    for policy in policies:
+        clash = taken.clash(policy)
+        if clash is None:
+            taken.claim(policy)
+            chosen.append(policy)
+            continue
+        if options.on_conflict == "deny":
+            out.denial = (f"pod {pod.name}: {clash}; rename one of them or leave "
+                          f"{policy.name!r} out of the {options.inject_key} annotation")
+            return out
+        out.warnings.append(f"pod {pod.name}: injection policy {policy.name!r} skipped: {clash}")
+    if not chosen:
+        return out
+    substitute = _Substitution(pod)
+    status: dict[str, Any] = {
+        "policies": [p.name for p in chosen], "initContainers": [], "containers": [],
+        "volumes": [], "env": {}, "volumeMounts": {}, "podAnnotations": [], "podLabels": [],
+    }
+    for policy in chosen:
+        native = sidecars_native(policy, options.kube_version)
+        init = [substitute(t) for t in policy.init_containers]
+        sidecars = [substitute(t) for t in (policy.native_sidecars if native
+                                             else policy.classic_sidecars)]
+        target = out.init_front if policy.position is Position.FIRST else out.init_back
+        target.extend(init)
+        if native:
+            target.extend(sidecars)
+        else:
+            out.containers.extend(sidecars)
+        status["initContainers"] += policy.init_container_names
+        status["containers"] += policy.sidecar_names
+        out.volumes.extend(substitute(t) for t in policy.volumes)
+        status["volumes"] += policy.volume_names
+    _render_mounts(pod, chosen, substitute, out, status)
+    _render_env(pod, chosen, substitute, out, status)
+    _render_metadata(pod, chosen, substitute, out, status, status_key=options.status_key)
+    status["revision"] = revision(chosen)
+    out.applied = status["policies"]
+    out.annotations[options.status_key] = json.dumps(status, separators=(",", ":"),
+                                                     ensure_ascii=False)
+    return out
+
+
+def skipped_status(reason: str) -> str:
+    """The `P/status` value for a pod the webhook decided not to inject."""
+    return json.dumps({"policies": [], "skipped": reason}, separators=(",", ":"))
+
+
+def _render_mounts(pod: PodView, chosen: Sequence[CompiledPolicy], substitute: _Substitution,
+                   out: Rendered, status: dict[str, Any]) -> None:
+    for index, container in enumerate(pod.containers):
+        name = container["name"]
+        used = {m.get("mountPath") for m in container.get("volumeMounts") or []
+                if isinstance(m, dict)}
+        added = []
+        for policy in chosen:
+            for mount in policy.mounts:
+                if mount.containers is not None and name not in mount.containers:
+                    continue
+                value = substitute(mount.mount)
+                if value["mountPath"] in used:
+                    continue
+                used.add(value["mountPath"])
+                added.append(value)
+        if added:
+            out.mounts[index] = added
+            status["volumeMounts"][name] = [m["mountPath"] for m in added]
+
+
+def _render_env(pod: PodView, chosen: Sequence[CompiledPolicy], substitute: _Substitution,
+                out: Rendered, status: dict[str, Any]) -> None:
+    for index, container in enumerate(pod.containers):
+        names = {e.get("name") for e in container.get("env") or [] if isinstance(e, dict)}
+        added = []
+        for policy in chosen:
+            for template in policy.env:
+                if template.value["name"] in names:
+                    continue
+                names.add(template.value["name"])
+                added.append(substitute(template))
+        if added:
+            out.env[index] = added
+            status["env"][container["name"]] = [e["name"] for e in added]
+
+
+def _render_metadata(pod: PodView, chosen: Sequence[CompiledPolicy], substitute: _Substitution,
+                     out: Rendered, status: dict[str, Any], *, status_key: str) -> None:
+    annotations = pod.metadata.get("annotations") or {}
+    labels = pod.metadata.get("labels") or {}
+    for policy in chosen:
+        for key, template in policy.pod_annotations.items():
+            if key not in annotations and key not in out.annotations and key != status_key:
+                out.annotations[key] = substitute(template)
+                status["podAnnotations"].append(key)
+        for key, template in policy.pod_labels.items():
+            if key not in labels and key not in out.labels:
+                out.labels[key] = substitute(template)
+                status["podLabels"].append(key)
+
+
+class _Names:
+    """Container and volume names already taken, by the pod or by an earlier policy."""
+
+    def __init__(self, pod: PodView) -> None:
+        self.containers: dict[str, str] = {}
+        for c in pod.init_containers:
+            self.containers[c["name"]] = f"the pod's init container {c['name']!r}"
+        for c in pod.containers:
+            self.containers[c["name"]] = f"the pod's container {c['name']!r}"
+        self.volumes = {v["name"]: f"the pod's volume {v['name']!r}" for v in pod.volumes}
+
+    def clash(self, policy: CompiledPolicy) -> str | None:
+        adds = policy.init_container_names + policy.sidecar_names
+        for name in adds:
+            if name in self.containers:
+                return (f"injection policy {policy.name!r} adds container {name!r}, "
+                        f"which clashes with {self.containers[name]}")
+        for name in policy.volume_names:
+            if name in self.volumes:
+                return (f"injection policy {policy.name!r} adds volume {name!r}, "
+                        f"which clashes with {self.volumes[name]}")
+        return None
+
+    def claim(self, policy: CompiledPolicy) -> None:
+        for name in policy.init_container_names + policy.sidecar_names:
+            self.containers[name] = f"container {name!r} of injection policy {policy.name!r}"
+        for name in policy.volume_names:
+            self.volumes[name] = f"volume {name!r} of injection policy {policy.name!r}"
+
+
+class _Substitution:
+    """Evaluates `${pod.*}` placeholders in the strings a policy adds, and nowhere else."""
+
+    def __init__(self, pod: PodView) -> None:
+        meta = pod.metadata
+        generate_name = str(meta.get("generateName") or "")
+        self.fields = {
+            "name": str(meta.get("name") or generate_name),
+            "generateName": generate_name,
+            "namespace": pod.namespace,
+            "serviceAccountName": str(pod.spec.get("serviceAccountName") or ""),
+        }
+        self.maps: dict[str, Mapping[str, Any]] = {
+            "labels": meta.get("labels") or {},
+            "annotations": meta.get("annotations") or {},
+        }
+
+    def __call__(self, template: Template) -> Any:
+        if not template.has_placeholders:
+            return template.value
+        return self._walk(template.value)
+
+    def _walk(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return PLACEHOLDER.sub(self._replace, value) if "${pod." in value else value
+        if isinstance(value, dict):
+            return {key: self._walk(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._walk(item) for item in value]
+        return value
+
+    def _replace(self, match: Any) -> str:
+        if match["field"]:
+            return self.fields[match["field"]]
+        key = match["sq"] if match["sq"] is not None else match["dq"]
+        found = self.maps[match["map"]].get(key, "")
+        return found if isinstance(found, str) else ""
+

@@ -1,0 +1,128 @@
+"""Which policies apply to a pod: annotations, namespace defaults, global defaults -> a decision.
+
+Decisions are values. `Inject` names the policies in order; `Skip` names a reason that is also the
+metric label and the log field; `Deny` carries the message the client sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from webhook.keys import OPT_OUT, SYSTEM_NAMESPACES, USE_DEFAULTS, Keys
+
+
+class SkipReason(StrEnum):
+    """Why nothing was injected. The first four are stamped into `P/status`; the rest are not."""
+
+    OPTED_OUT = "opted-out"
+    UNKNOWN_POLICY = "unknown-policy"
+    NO_POLICIES = "no-policies"
+    CONFLICT = "conflict"
+    SYSTEM_NAMESPACE = "system-namespace"
+    ALREADY_INJECTED = "already-injected"
+
+    @property
+    def stamped(self) -> bool:
+        """Whether the pod gets a `P/status` saying so (a repeat or a system pod does not)."""
+        return self not in (SkipReason.SYSTEM_NAMESPACE, SkipReason.ALREADY_INJECTED)
+
+
+@dataclass(frozen=True, slots=True)
+class Inject:
+    """Inject these policies, in this order."""
+
+    policies: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Admit the pod without injecting, for `reason`."""
+
+    reason: SkipReason
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """Refuse the pod; `message` names the pod, the policy and the field."""
+
+    message: str
+    warnings: tuple[str, ...] = ()
+
+
+Decision = Inject | Skip | Deny
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The settings selection depends on, fixed for a server's or a CLI run's lifetime."""
+
+    keys: Keys = field(default_factory=Keys)
+    default_policies: tuple[str, ...] = ()
+    strict: bool = False
+    own_namespace: str | None = None
+
+    def untouched(self, namespace: str) -> bool:
+        """System namespaces and the webhook's own are never touched nor stamped."""
+        return namespace in SYSTEM_NAMESPACES or namespace == self.own_namespace
+
+
+def parse_policy_list(text: str) -> tuple[str, ...]:
+    """`" a, b ,a,,c"` -> `("a", "b", "c")`: trimmed, empty names and repeats dropped, in order."""
+    names = (name.strip() for name in text.split(","))
+    return tuple(dict.fromkeys(name for name in names if name))
+
+
+def describe_pod(metadata: Mapping[str, object], namespace: str) -> str:
+    """`namespace/name`, or `namespace/generateName*` for a pod the apiserver has not named yet."""
+    name = metadata.get("name") or ""
+    if not name and metadata.get("generateName"):
+        name = f"{metadata['generateName']}*"
+    return f"{namespace}/{name}" if namespace else str(name or "<unnamed>")
+
+
+def select(
+    metadata: Mapping[str, object],
+    *,
+    namespace: str,
+    settings: Selection,
+    known: Collection[str],
+    namespace_policies: Sequence[str] | None = None,
+) -> Decision:
+    """Decide for a pod from its metadata; `namespace_policies` None means "not known"."""
+    keys = settings.keys
+    if settings.untouched(namespace):
+        return Skip(SkipReason.SYSTEM_NAMESPACE)
+    annotations = _string_map(metadata.get("annotations"))
+    labels = _string_map(metadata.get("labels"))
+    if keys.status in annotations:
+        return Skip(SkipReason.ALREADY_INJECTED)
+    requested = annotations.get(keys.inject)
+    if labels.get(keys.inject) == OPT_OUT or (requested or "").strip().lower() == OPT_OUT:
+        return Skip(SkipReason.OPTED_OUT)
+    if requested is None or requested.strip().lower() in USE_DEFAULTS:
+        names = tuple(namespace_policies or ()) or settings.default_policies
+    else:
+        names = parse_policy_list(requested)
+    if not names:
+        return Skip(SkipReason.NO_POLICIES)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        pod = describe_pod(metadata, namespace)
+        listed = ", ".join(repr(name) for name in unknown)
+        if settings.strict:
+            return Deny(f"pod {pod}: unknown injection policy {listed}; "
+                        f"known policies: {', '.join(sorted(known)) or 'none'}")
+        warning = (f"pod {pod} was admitted without injection: unknown injection policy "
+                   f"{listed} (check the {keys.inject} annotation)")
+        return Skip(SkipReason.UNKNOWN_POLICY, (warning,))
+    return Inject(names)
+
+
+def _string_map(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in value.items() if isinstance(v, str)}
