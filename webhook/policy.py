@@ -409,6 +409,8 @@ _NOT_FOR_INIT = ("livenessProbe", "readinessProbe", "startupProbe", "lifecycle")
 def _container_problems(
     container: dict[str, Any], path: tuple[str | int, ...], *, run_to_completion: bool
 ) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    if not container.get("image"):
+        yield path, "set image: an injected container needs an image"
     for key, why in _ENGINE_OWNED.items():
         if key in container:
             yield (*path, key), f"remove it: {why}"

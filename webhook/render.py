@@ -47,13 +47,13 @@ class PodView:
     def of(cls, pod: Any, namespace: str) -> PodView:
         if not isinstance(pod, dict):
             raise InvalidPodError("the pod is not an object")
-        metadata = pod.get("metadata") or {}
-        spec = pod.get("spec") or {}
+        metadata = _or_empty(pod.get("metadata"), {})
+        spec = _or_empty(pod.get("spec"), {})
         for name, value in (("metadata", metadata), ("spec", spec)):
             if not isinstance(value, dict):
                 raise InvalidPodError(f"{name} must be an object")
         for key in ("annotations", "labels"):
-            if not isinstance(metadata.get(key) or {}, dict):
+            if not isinstance(_or_empty(metadata.get(key), {}), dict):
                 raise InvalidPodError(f"metadata.{key} must be an object")
         lists = {key: _named_list(spec, key) for key in ("containers", "initContainers", "volumes")}
         return cls(
@@ -68,16 +68,21 @@ class PodView:
 
 
 def _named_list(spec: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
-    value = spec.get(key) or []
+    value = _or_empty(spec.get(key), [])
     if not isinstance(value, list):
         raise InvalidPodError(f"spec.{key} must be a list")
     for index, item in enumerate(value):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidPodError(f"spec.{key}[{index}] must be an object with a name")
         for inner in ("env", "volumeMounts"):
-            if not isinstance(item.get(inner) or [], list):
+            if not isinstance(_or_empty(item.get(inner), []), list):
                 raise InvalidPodError(f"spec.{key}[{index}].{inner} must be a list")
     return value
+
+
+def _or_empty(value: Any, empty: Any) -> Any:
+    """`value`, or `empty` when it is absent (None); a falsy wrong type stays wrong."""
+    return empty if value is None else value
 
 
 @dataclass(slots=True)
