@@ -1,0 +1,187 @@
+"""The console script as a user meets it: exit codes, one-line errors, YAML on stdout only."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+from cryptography import x509
+
+from tests.conftest import WritePolicies
+from tests.unit.test_engine import LOGGING
+
+STATUS = "sidecar.company.com/status"
+
+POD = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: shop
+  annotations: {sidecar.company.com/inject: logging}
+spec:
+  containers: [{name: web, image: "nginx:1.27"}]
+"""
+
+
+def invoke(*args: str, stdin: str | None = None) -> Result:
+    from webhook.cli import cli
+
+    return CliRunner().invoke(cli, list(args), input=stdin)
+
+
+@pytest.fixture
+def policy_dir(write_policies: WritePolicies) -> Path:
+    return write_policies(logging=LOGGING)
+
+
+def test_inject_reads_stdin_and_writes_only_yaml(policy_dir: Path) -> None:
+    result = invoke("inject", "-f", "-", "--policies", str(policy_dir), stdin=POD)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+    (pod,) = yaml.safe_load_all(result.stdout)
+    assert json.loads(pod["metadata"]["annotations"][STATUS])["policies"] == ["logging"]
+
+
+def test_workloads_lists_and_multiple_documents_are_injected(policy_dir: Path,
+                                                             tmp_path: Path) -> None:
+    template = yaml.safe_load(POD)
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                  "spec": {"selector": {}, "template": template}}
+    cronjob = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},
+               "spec": {"schedule": "* * * * *",
+                        "jobTemplate": {"spec": {"template": template}}}}
+    items = {"apiVersion": "v1", "kind": "List", "items": [deployment, template]}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}
+    source = tmp_path / "all.yaml"
+    source.write_text(yaml.safe_dump_all([deployment, cronjob, items, service]))
+    result = invoke("inject", "-f", str(source), "--policies", str(policy_dir))
+    assert result.exit_code == 0, result.stderr
+    docs = list(yaml.safe_load_all(result.stdout))
+    pods = [docs[0]["spec"]["template"], docs[1]["spec"]["jobTemplate"]["spec"]["template"],
+            docs[2]["items"][0]["spec"]["template"], docs[2]["items"][1]]
+    assert all(STATUS in p["metadata"]["annotations"] for p in pods)
+    assert docs[3] == service
+
+
+def test_remove_gives_back_the_input(policy_dir: Path) -> None:
+    injected = invoke("inject", "-f", "-", "--policies", str(policy_dir), stdin=POD).stdout
+    result = invoke("inject", "--remove", "-f", "-", "--policies", str(policy_dir),
+                    stdin=injected)
+    assert result.exit_code == 0
+    assert yaml.safe_load(result.stdout) == yaml.safe_load(POD)
+
+
+def test_a_clash_exits_1_names_the_object_and_keeps_it(policy_dir: Path) -> None:
+    clashing = POD.replace("name: web, image", "name: logging-agent, image")
+    result = invoke("inject", "-f", "-", "--policies", str(policy_dir), stdin=clashing)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: <stdin>:1: Pod/web: denied: pod shop/web: ")
+    assert len(result.stderr.splitlines()) == 1
+    assert yaml.safe_load(result.stdout) == yaml.safe_load(clashing)
+
+
+def test_an_unknown_policy_warns_and_strict_denies(policy_dir: Path) -> None:
+    unknown = POD.replace("inject: logging", "inject: tracing")
+    lenient = invoke("inject", "-f", "-", "--policies", str(policy_dir), stdin=unknown)
+    assert lenient.exit_code == 0
+    assert "unknown injection policy 'tracing'" in lenient.stderr
+    strict = invoke("inject", "--strict", "-f", "-", "--policies", str(policy_dir), stdin=unknown)
+    assert strict.exit_code == 1
+
+
+def test_namespace_policies_apply_to_pods_that_name_none(policy_dir: Path) -> None:
+    plain = POD.replace("  annotations: {sidecar.company.com/inject: logging}\n", "")
+    result = invoke("inject", "-f", "-", "--policies", str(policy_dir),
+                    "--namespace-policies", "logging", stdin=plain)
+    status = json.loads(yaml.safe_load(result.stdout)["metadata"]["annotations"][STATUS])
+    assert status["policies"] == ["logging"]
+
+
+def test_kube_version_selects_classic_sidecars(policy_dir: Path) -> None:
+    result = invoke("inject", "-f", "-", "--policies", str(policy_dir), "--kube-version", "1.28",
+                    stdin=POD)
+    names = [c["name"] for c in yaml.safe_load(result.stdout)["spec"]["containers"]]
+    assert names == ["web", "logging-agent"]
+
+
+@pytest.mark.parametrize(
+    ("stdin", "args", "code", "message"),
+    [
+        pytest.param("a: [b\n", (), 2, "error: <stdin>:2: invalid YAML: ", id="invalid-yaml"),
+        pytest.param("- 1\n- 2\n", (), 2, "error: <stdin>:1: document 1 is a list, not a "
+                     "Kubernetes object", id="not-an-object"),
+        pytest.param(POD, ("--policies", "/nonexistent"), 1,
+                     "error: /nonexistent: policies directory does not exist", id="no-policies"),
+        pytest.param(POD, ("--kube-version", "new"), 2, "error: invalid option: ",
+                     id="bad-kube-version"),
+    ],
+)
+def test_bad_input_is_one_readable_line(policy_dir: Path, stdin: str, args: tuple[str, ...],
+                                        code: int, message: str) -> None:
+    result = invoke("inject", "-f", "-", "--policies", str(policy_dir), *args, stdin=stdin)
+    assert result.exit_code == code
+    assert result.stderr.startswith(message), result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stdout == ""
+
+
+def test_a_missing_file_exits_2() -> None:
+    result = invoke("inject", "-f", "/no/such.yaml")
+    assert (result.exit_code, result.stderr) == (2, "error: /no/such.yaml: no such file\n")
+
+
+def test_unknown_kinds_pass_through_unchanged(policy_dir: Path) -> None:
+    text = "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\nspec: {x: [1, 2]}\n"
+    result = invoke("inject", "-f", "-", "--policies", str(policy_dir), stdin=text)
+    assert yaml.safe_load(result.stdout) == yaml.safe_load(text)
+
+
+def test_policies_check_reports_file_line_and_exits_1(write_policies: WritePolicies) -> None:
+    directory = write_policies(bad=LOGGING.replace("cpu: 100m", "cpu: lots"))
+    result = invoke("policies", "check", str(directory))
+    assert result.exit_code == 1
+    assert result.stderr == (f"{directory}/bad.yaml:17: spec.resources.limits.cpu: "
+                             "'lots' is not a quantity\n")
+
+
+def test_policies_check_says_ok(policy_dir: Path) -> None:
+    result = invoke("policies", "check", str(policy_dir))
+    assert (result.exit_code, result.stdout) == (0, f"{policy_dir}: 1 policies OK (logging)\n")
+
+
+def test_policies_schema_prints_the_published_schema() -> None:
+    schema = json.loads(invoke("policies", "schema").stdout)
+    assert schema["title"] == "InjectionPolicy"
+
+
+def test_certs_generate_writes_a_ca_and_a_serving_pair(tmp_path: Path) -> None:
+    result = invoke("certs", "generate", "--out", str(tmp_path), "--service", "injector",
+                    "--namespace", "platform", "--days", "30")
+    assert result.exit_code == 0, result.stderr
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    assert base64.b64decode(result.stdout.strip()) == (tmp_path / "ca.crt").read_bytes()
+    leaf = x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes())
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(map(str, sans.get_values_for_type(x509.DNSName))) == sorted([
+        "injector", "injector.platform", "injector.platform.svc",
+        "injector.platform.svc.cluster.local", "localhost"])
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    leaf.verify_directly_issued_by(ca)
+    assert (tmp_path / "tls.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_console_script_never_prints_a_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"\xff\xfe not utf-8")
+    done = subprocess.run([sys.executable, "-m", "webhook", "inject", "-f", str(bad)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: {bad}: cannot read: ")
