@@ -15,6 +15,7 @@ from cryptography import x509
 
 from tests.conftest import WritePolicies
 from tests.unit.test_engine import LOGGING
+from webhook.cli import cli
 
 STATUS = "sidecar.company.com/status"
 
@@ -31,8 +32,6 @@ spec:
 
 
 def invoke(*args: str, stdin: str | None = None) -> Result:
-    from webhook.cli import cli
-
     return CliRunner().invoke(cli, list(args), input=stdin)
 
 
