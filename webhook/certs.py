@@ -157,6 +157,15 @@ def generate(out: Path, *, service: str, namespace: str, days: int = DEFAULT_DAY
     return base64.b64encode(ca.cert_pem).decode()
 
 
+def new_signing_key() -> KeyPair:
+    """An ECDSA P-256 key pair for signing tokens: `cert_pem` holds the public key (PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return KeyPair(public, _pem_key(key))
+
+
 def expiry(cert_path: Path) -> datetime.datetime:
     """When the first certificate in `cert_path` expires."""
     try:

@@ -1,0 +1,167 @@
+"""Fixtures for the end-to-end suite: a real control plane, the webhook as a local process, and
+its registration with the apiserver, all started once per session."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.controlplane import ROOT, ControlPlane, free_port
+from tests.e2e.kube import ApiException, Kube, wait_for
+from tests.e2e.webhookconfig import INJECT, webhook_configuration
+
+RELEASE_NAMESPACE = "sidecar-injector"
+STATUS = "sidecar.company.com/status"
+POLICIES = ROOT / "policies"
+ARTIFACTS = ROOT / "artifacts" / "e2e"
+
+
+@pytest.fixture(scope="session")
+def control_plane(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                  ) -> Iterator[ControlPlane]:
+    plane = ControlPlane(tmp_path_factory.mktemp("controlplane"), ARTIFACTS)
+    try:
+        plane.start()
+        yield plane
+    finally:
+        plane.stop()
+        plane.keep_logs(request.session.testsfailed > 0)
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane) -> Kube:
+    kube = Kube(str(control_plane.kubeconfig))
+    wait_for(lambda: kube.exists(
+        lambda: kube.core.read_namespaced_service_account("default", "default")),
+        120, "the serviceaccount controller to create default/default")
+    return kube
+
+
+class Webhook:
+    """`sidecar-injector serve` as a local process the apiserver calls over TLS."""
+
+    def __init__(self, workdir: Path, kubeconfig: Path, logs: Path) -> None:
+        self.workdir, self.kubeconfig, self.logs = workdir, kubeconfig, logs
+        self.port = free_port()
+        self.certs = workdir / "certs"
+        subprocess.run([sys.executable, "-m", "webhook", "certs", "generate", "--out",
+                        str(self.certs), "--service", "sidecar-injector", "--namespace",
+                        RELEASE_NAMESPACE], check=True, capture_output=True)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/mutate"
+
+    @property
+    def ca_bundle(self) -> str:
+        return base64.b64encode((self.certs / "ca.crt").read_bytes()).decode()
+
+    def start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        log = (self.logs / "webhook.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1",
+             "--port", str(self.port), "--policies", str(POLICIES),
+             "--tls-cert", str(self.certs / "tls.crt"), "--tls-key", str(self.certs / "tls.key"),
+             "--kubeconfig", str(self.kubeconfig), "--default-policies", "logging"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "POD_NAMESPACE": RELEASE_NAMESPACE})
+        log.close()
+        ready = f"https://127.0.0.1:{self.port}/readyz"
+        wait_for(lambda: self._ready(ready), 60, "the webhook's /readyz")
+
+    def _ready(self, url: str) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"webhook exited with {self.process.returncode}; "
+                               f"see {self.logs / 'webhook.log'}")
+        try:
+            return httpx.get(url, verify=str(self.certs / "ca.crt"), timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
+
+
+@pytest.fixture(scope="session")
+def webhook(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+            ) -> Iterator[Webhook]:
+    server = Webhook(tmp_path_factory.mktemp("webhook"), control_plane.kubeconfig,
+                     control_plane.logs)
+    server.start()
+    yield server
+    server.stop()
+
+
+Register = Callable[[str], None]
+
+
+@pytest.fixture(scope="session")
+def register(kube: Kube, webhook: Webhook) -> Register:
+    """(Re)register the webhook with a failure policy and wait until the apiserver calls it."""
+    kube.ensure_namespace(RELEASE_NAMESPACE)
+    probe_ns = kube.ensure_namespace("e2e-probe", labels={INJECT: "enabled"})
+
+    def apply(failure_policy: str) -> None:
+        kube.apply_mutating_webhook(webhook_configuration(
+            url=webhook.url, ca_bundle=webhook.ca_bundle, failure_policy=failure_policy,
+            release_namespace=RELEASE_NAMESPACE))
+        wait_for(lambda: _webhook_called(kube, probe_ns), 60,
+                 "the webhook configuration to take effect")
+
+    apply("Fail")
+    return apply
+
+
+def _webhook_called(kube: Kube, namespace: str) -> bool:
+    try:
+        created, _ = kube.create_pod(namespace, pod_manifest(f"probe-{uuid.uuid4().hex[:6]}"),
+                                     dry_run=True)
+    except ApiException:
+        return False
+    return STATUS in (created["metadata"].get("annotations") or {})
+
+
+def pod_manifest(name: str | None = None, *, annotations: dict[str, str] | None = None,
+                 labels: dict[str, str] | None = None, generate_name: str | None = None,
+                 containers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"labels": {"app": "shop", **(labels or {})},
+                                "annotations": annotations or {}}
+    if name:
+        metadata["name"] = name
+    if generate_name:
+        metadata["generateName"] = generate_name
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+            "spec": {"containers": containers or [{"name": "app", "image": "nginx:1.27"}]}}
+
+
+NewNamespace = Callable[..., str]
+
+
+@pytest.fixture
+def namespace(kube: Kube, request: pytest.FixtureRequest) -> NewNamespace:
+    """Make a fresh namespace for this test (opted in unless told otherwise)."""
+    count = 0
+
+    def make(*, opted_in: bool = True, annotations: dict[str, str] | None = None) -> str:
+        nonlocal count
+        count += 1
+        stem = request.node.name.removeprefix("test_")[:40].replace("_", "-").strip("-")
+        labels = {INJECT: "enabled"} if opted_in else {}
+        return kube.ensure_namespace(f"{stem}-{count}", labels=labels, annotations=annotations)
+
+    return make
