@@ -1,11 +1,90 @@
-"""Runs the HTTPS server for `serve` (being built: see issue 3)."""
+"""Runs `serve`: load policies, set up TLS (dev certificates when none are given), start the
+namespace watch and the reloader, and serve with uvicorn until SIGTERM, then exit 0."""
 
 from __future__ import annotations
 
+import logging
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from webhook import certs, logs
+from webhook.errors import CertificateError, PolicyError
+from webhook.kube import NamespaceDefaults
+from webhook.policy import load_policy_dir
+from webhook.reload import Reloader, tls_context
+from webhook.runtime import Runtime
+from webhook.server import create_app
 from webhook.settings import Settings
+
+log = logging.getLogger("sidecar_injector")
+GRACEFUL_SHUTDOWN_SECONDS = 30
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown (exit 143); a drained webhook exits
+    0 instead, so the kubelet and tests see a clean stop."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        self.runtime.tls_ready = self.started
 
 
 def run(settings: Settings) -> int:
-    """Serve until SIGTERM; the exit code."""
-    del settings
-    raise SystemExit("error: `serve` is not available yet")
+    """Serve until SIGTERM; the process exit code."""
+    logs.configure(settings.log_level)
+    try:
+        policies = load_policy_dir(settings.policies)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    cert, key = _key_pair(settings)
+    try:
+        context = tls_context(cert, key)
+    except CertificateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    namespaces = NamespaceDefaults(settings.keys.policies, settings.kubeconfig)
+    runtime = Runtime(policies, settings.engine_config(), namespaces)
+    namespaces.start()
+    reloader = Reloader(runtime, policies=settings.policies, context=context, cert=cert, key=key,
+                        interval=settings.reload_interval)
+    reloader.start()
+    app = create_app(runtime, max_body_bytes=settings.max_body_bytes)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, ssl_context_factory=lambda *_: context,
+        access_log=False, log_config=None, server_header=False, lifespan="off",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    log.info("serving", extra={"address": f"https://{settings.host}:{settings.port}",
+                               "policies": policies.names(), "cert": str(cert)})
+    server = _Server(config, runtime)
+    server.run()
+    reloader.stop()
+    namespaces.stop()
+    log.info("stopped")
+    return 0 if server.started else 1
+
+
+def _key_pair(settings: Settings) -> tuple[Path, Path]:
+    if settings.tls_cert and settings.tls_key:
+        return settings.tls_cert, settings.tls_key
+    directory = Path(tempfile.mkdtemp(prefix="sidecar-injector-dev-certs-"))
+    certs.generate(directory, service="sidecar-injector", namespace="default")
+    log.warning("no --tls-cert/--tls-key given: serving with self-signed development "
+                "certificates", extra={"directory": str(directory),
+                                       "ca": str(directory / "ca.crt")})
+    return directory / "tls.crt", directory / "tls.key"

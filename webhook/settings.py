@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     kube_version: str | None = None
+    reload_interval: float = Field(default=2.0, gt=0)
     pod_namespace: str | None = Field(
         default=None, validation_alias=AliasChoices("POD_NAMESPACE", "pod_namespace")
     )

@@ -1,0 +1,112 @@
+"""The only user of the Kubernetes client: a watch on Namespaces for their default policies.
+
+Keeps `namespace -> P/policies` in memory. Without cluster access (no kubeconfig, no in-cluster
+config, or the apiserver refuses) the server still serves: `lookup` answers None ("unknown") and
+the engine falls back to the global defaults; the reason is logged once and shown on /readyz.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, cast
+
+from webhook.selection import parse_policy_list
+
+log = logging.getLogger("sidecar_injector.kube")
+
+WATCH_SECONDS = 300
+MAX_BACKOFF = 30.0
+
+
+class NamespaceDefaults:
+    """Namespace default policies, from a background list+watch of Namespaces."""
+
+    def __init__(self, annotation: str, kubeconfig: Path | None) -> None:
+        self.annotation = annotation
+        self.kubeconfig = kubeconfig
+        self.status = "not started"
+        self._policies: dict[str, tuple[str, ...]] = {}
+        self._synced = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def lookup(self, namespace: str) -> tuple[str, ...] | None:
+        """The namespace's default policies; None while they cannot be known."""
+        if not self._synced.is_set():
+            return None
+        return self._policies.get(namespace, ())
+
+    @property
+    def connected(self) -> bool:
+        return self._synced.is_set()
+
+    def start(self) -> None:
+        """Connect and start watching; without cluster access, say so once and serve without."""
+        try:
+            api = self._client()
+        except Exception as exc:  # any config problem means "no cluster access"
+            self.status = f"unavailable: {exc}"
+            log.warning("no cluster access: namespace default policies are not known, the "
+                        "global defaults apply", extra={"reason": str(exc)})
+            return
+        self.status = "connecting"
+        self._thread = threading.Thread(target=self._run, args=(api,), name="namespace-watch",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _client(self) -> Any:
+        from kubernetes import client  # noqa: PLC0415 - only when serving
+        from kubernetes import config as kube_config  # noqa: PLC0415
+
+        loader: Any = kube_config
+        if self.kubeconfig is not None:
+            api_client = loader.new_client_from_config(config_file=str(self.kubeconfig))
+        else:
+            loader.load_incluster_config()
+            api_client = client.ApiClient()
+        return client.CoreV1Api(api_client)
+
+    def _run(self, api: Any) -> None:
+        from kubernetes import watch  # noqa: PLC0415
+
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                listed = api.list_namespace(_request_timeout=30)
+                self._policies = {ns.metadata.name: self._defaults(ns) for ns in listed.items}
+                self._synced.set()
+                if self.status != "connected":
+                    log.info("watching namespaces", extra={"namespaces": len(self._policies)})
+                self.status = "connected"
+                backoff = 1.0
+                watcher: Any = cast(Any, watch).Watch()
+                stream = watcher.stream(api.list_namespace,
+                                              resource_version=listed.metadata.resource_version,
+                                              timeout_seconds=WATCH_SECONDS)
+                for event in stream:
+                    if self._stop.is_set():
+                        return
+                    self._apply(event)
+            except Exception as exc:  # keep watching whatever the apiserver does
+                self.status = f"reconnecting: {exc}"
+                log.warning("namespace watch failed; retrying", extra={"reason": str(exc),
+                                                                       "retry_seconds": backoff})
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        namespace = event["object"]
+        name = namespace.metadata.name
+        if event["type"] == "DELETED":
+            self._policies.pop(name, None)
+        else:
+            self._policies[name] = self._defaults(namespace)
+
+    def _defaults(self, namespace: Any) -> tuple[str, ...]:
+        annotations = namespace.metadata.annotations or {}
+        return parse_policy_list(annotations.get(self.annotation, ""))

@@ -1,0 +1,102 @@
+"""AdmissionReview (admission.k8s.io/v1) in and out: pure functions on plain data.
+
+Two error channels (STYLE.md): a review that cannot be read raises `ReviewError` (the server
+answers HTTP 400); a pod that cannot be injected is an `allowed: false` response with a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from webhook.engine import Outcome
+
+API_VERSION = "admission.k8s.io/v1"
+KIND = "AdmissionReview"
+DENIED_CODE = 400
+
+
+class ReviewError(ValueError):
+    """The body is not an AdmissionReview the webhook can answer; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """The fields of an AdmissionReview request the webhook reads."""
+
+    uid: str
+    operation: str
+    kind: str
+    group: str
+    namespace: str
+    name: str
+    sub_resource: str
+    dry_run: bool
+    object: Any
+
+    @property
+    def is_pod_create(self) -> bool:
+        """Only a Pod CREATE (not a subresource) is ever mutated."""
+        return (self.operation == "CREATE" and self.kind == "Pod" and self.group == ""
+                and not self.sub_resource)
+
+
+def parse_review(body: bytes) -> Review:
+    """Read an AdmissionReview from a request body; ReviewError says what is wrong."""
+    if not body.strip():
+        raise ReviewError("empty request body: expected an AdmissionReview")
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReviewError(f"malformed JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ReviewError("expected a JSON object (an AdmissionReview)")
+    request = document.get("request")
+    if not isinstance(request, dict):
+        raise ReviewError("AdmissionReview has no request")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise ReviewError("AdmissionReview request has no uid")
+    raw_kind = request.get("kind")
+    kind: dict[str, Any] = raw_kind if isinstance(raw_kind, dict) else {}
+    return Review(
+        uid=uid,
+        operation=_text(request.get("operation")),
+        kind=_text(kind.get("kind")),
+        group=_text(kind.get("group")),
+        namespace=_text(request.get("namespace")),
+        name=_text(request.get("name")),
+        sub_resource=_text(request.get("subResource")),
+        dry_run=request.get("dryRun") is True,
+        object=request.get("object"),
+    )
+
+
+def allow(uid: str) -> dict[str, Any]:
+    """An answer that admits the object unchanged."""
+    return _envelope({"uid": uid, "allowed": True})
+
+
+def answer(uid: str, outcome: Outcome) -> dict[str, Any]:
+    """The AdmissionReview response for the engine's `outcome`."""
+    response: dict[str, Any] = {"uid": uid, "allowed": outcome.allowed}
+    if outcome.allowed and outcome.patch:
+        patch = json.dumps(outcome.patch, separators=(",", ":"), ensure_ascii=False)
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(patch.encode()).decode()
+    if not outcome.allowed:
+        response["status"] = {"code": DENIED_CODE, "reason": "BadRequest",
+                              "message": outcome.message}
+    if outcome.warnings:
+        response["warnings"] = list(outcome.warnings)
+    return _envelope(response)
+
+
+def _envelope(response: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": KIND, "response": response}
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""

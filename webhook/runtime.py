@@ -1,0 +1,63 @@
+"""What the server serves from: the current policy set, the engine settings, namespace defaults,
+metrics. `decide` is the whole request pipeline after parsing: review -> engine -> answer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook.engine import EngineConfig, Outcome, mutate
+from webhook.kube import NamespaceDefaults
+from webhook.metrics import Metrics
+from webhook.policy import PolicySet
+from webhook.review import Review, allow, answer
+from webhook.selection import describe_pod
+
+log = logging.getLogger("sidecar_injector.mutate")
+
+
+@dataclass
+class Runtime:
+    """Mutable serving state; `policies` is swapped whole on reload, never edited in place."""
+
+    policies: PolicySet
+    config: EngineConfig
+    namespaces: NamespaceDefaults | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    tls_ready: bool = False
+
+    def __post_init__(self) -> None:
+        self.metrics.policies_loaded.set(len(self.policies))
+
+    def swap(self, policies: PolicySet) -> None:
+        """Serve `policies` from the next request on."""
+        self.policies = policies
+        self.metrics.policies_loaded.set(len(policies))
+
+    def decide(self, review: Review) -> dict[str, Any]:
+        """The AdmissionReview to send back for `review`; logs and counts it."""
+        started = time.perf_counter()
+        if not review.is_pod_create:
+            self.metrics.record("passthrough", (), time.perf_counter() - started)
+            return allow(review.uid)
+        namespace_policies = (self.namespaces.lookup(review.namespace)
+                              if self.namespaces is not None else None)
+        outcome = mutate(review.object, namespace=review.namespace, policies=self.policies,
+                         config=self.config, namespace_policies=namespace_policies)
+        response = answer(review.uid, outcome)
+        elapsed = time.perf_counter() - started
+        self.metrics.record(outcome.result, outcome.policies, elapsed)
+        self._log(review, outcome, elapsed)
+        return response
+
+    def _log(self, review: Review, outcome: Outcome, elapsed: float) -> None:
+        metadata = review.object.get("metadata") if isinstance(review.object, dict) else None
+        log.info("admission review", extra={
+            "uid": review.uid, "namespace": review.namespace,
+            "pod": describe_pod(metadata if isinstance(metadata, dict) else {}, ""),
+            "policies": list(outcome.policies), "result": outcome.result,
+            "allowed": outcome.allowed, "dry_run": review.dry_run,
+            "duration_ms": round(elapsed * 1000, 3),
+        })
