@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import ssl
 import subprocess
 import sys
 import uuid
@@ -87,7 +88,8 @@ class Webhook:
             raise RuntimeError(f"webhook exited with {self.process.returncode}; "
                                f"see {self.logs / 'webhook.log'}")
         try:
-            return httpx.get(url, verify=str(self.certs / "ca.crt"), timeout=2).status_code == 200
+            context = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
+            return httpx.get(url, verify=context, timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 

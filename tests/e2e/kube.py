@@ -51,6 +51,9 @@ class Kube:
         found = self.core.list_namespaced_pod(namespace, label_selector=selector)
         return [self.plain(p) for p in found.items]
 
+    def create_service_account(self, namespace: str, name: str) -> None:
+        self.core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+
     def create_deployment(self, namespace: str, body: Obj) -> None:
         self.apps.create_namespaced_deployment(namespace, body)
 

@@ -151,7 +151,9 @@ def test_every_shipped_example_is_accepted_by_the_apiserver(kube: Kube, namespac
                                                             example: Path) -> None:
     manifest = yaml.safe_load(example.read_text())
     manifest["metadata"].pop("namespace", None)
-    pod, _ = kube.create_pod(namespace(), manifest, dry_run=True)
+    ns = namespace()
+    kube.create_service_account(ns, manifest["spec"]["serviceAccountName"])
+    pod, _ = kube.create_pod(ns, manifest)
     assert status(pod)["policies"] == [example.stem]  # type: ignore[index]
 
 
