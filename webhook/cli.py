@@ -79,6 +79,8 @@ def _serve_option(name: str, **kwargs: Any) -> Decorator:
 @_serve_option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
                help="Log level [default: info].")
 @_serve_option("--kube-version", help="Cluster version for sidecarMode: auto [default: native].")
+@_serve_option("--reload-interval", type=float,
+               help="Seconds between checks of the policy and certificate files [default: 2].")
 def serve(**flags: Any) -> None:
     """Run the HTTPS admission webhook (POST /mutate, /healthz, /readyz, /metrics)."""
     given = {key: value for key, value in flags.items() if value is not None}

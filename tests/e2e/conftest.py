@@ -3,22 +3,17 @@ its registration with the apiserver, all started once per session."""
 
 from __future__ import annotations
 
-import base64
-import os
-import ssl
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.e2e.controlplane import ROOT, ControlPlane, free_port
+from tests.e2e.controlplane import ROOT, ControlPlane
 from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.webhookconfig import INJECT, webhook_configuration
+from tests.serverproc import ServerProcess
 
 RELEASE_NAMESPACE = "sidecar-injector"
 STATUS = "sidecar.company.com/status"
@@ -47,56 +42,18 @@ def kube(control_plane: ControlPlane) -> Kube:
     return kube
 
 
-class Webhook:
-    """`sidecar-injector serve` as a local process the apiserver calls over TLS."""
+class Webhook(ServerProcess):
+    """The webhook the apiserver calls: serve with the shipped policies and the admin kubeconfig
+    (for the Namespace watch), in the release namespace."""
 
     def __init__(self, workdir: Path, kubeconfig: Path, logs: Path) -> None:
-        self.workdir, self.kubeconfig, self.logs = workdir, kubeconfig, logs
-        self.port = free_port()
-        self.certs = workdir / "certs"
-        subprocess.run([sys.executable, "-m", "webhook", "certs", "generate", "--out",
-                        str(self.certs), "--service", "sidecar-injector", "--namespace",
-                        RELEASE_NAMESPACE], check=True, capture_output=True)
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(workdir, policies=POLICIES, log=logs / "webhook.log",
+                         args=["--kubeconfig", str(kubeconfig), "--default-policies", "logging"],
+                         env={"POD_NAMESPACE": RELEASE_NAMESPACE})
 
     @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}/mutate"
-
-    @property
-    def ca_bundle(self) -> str:
-        return base64.b64encode((self.certs / "ca.crt").read_bytes()).decode()
-
-    def start(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            return
-        log = (self.logs / "webhook.log").open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port), "--policies", str(POLICIES),
-             "--tls-cert", str(self.certs / "tls.crt"), "--tls-key", str(self.certs / "tls.key"),
-             "--kubeconfig", str(self.kubeconfig), "--default-policies", "logging"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "POD_NAMESPACE": RELEASE_NAMESPACE})
-        log.close()
-        ready = f"https://127.0.0.1:{self.port}/readyz"
-        wait_for(lambda: self._ready(ready), 60, "the webhook's /readyz")
-
-    def _ready(self, url: str) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"webhook exited with {self.process.returncode}; "
-                               f"see {self.logs / 'webhook.log'}")
-        try:
-            context = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
-            return httpx.get(url, verify=context, timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(20)
+    def mutate_url(self) -> str:
+        return self.url("/mutate")
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +77,7 @@ def register(kube: Kube, webhook: Webhook) -> Register:
 
     def apply(failure_policy: str) -> None:
         kube.apply_mutating_webhook(webhook_configuration(
-            url=webhook.url, ca_bundle=webhook.ca_bundle, failure_policy=failure_policy,
+            url=webhook.mutate_url, ca_bundle=webhook.ca_bundle, failure_policy=failure_policy,
             release_namespace=RELEASE_NAMESPACE))
         wait_for(lambda: _webhook_called(kube, probe_ns), 60,
                  "the webhook configuration to take effect")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.serverproc import free_port
 from webhook import certs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,13 +43,6 @@ def binary_dir(names: Sequence[str] = ("etcd", "kube-apiserver")) -> Path:
             return candidate
     raise ControlPlaneError(f"{', '.join(names)} not found in {' or '.join(map(str, candidates))}: "
                             "run `make tools` (or set KUBEBUILDER_ASSETS)")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -1,0 +1,217 @@
+"""The server's life: policy reloads, certificate rotation under load, SIGTERM with requests in
+flight. Each test runs its own `serve` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+
+from tests.conftest import SHIPPED_POLICIES
+from tests.integration.conftest import review
+from tests.integration.test_server import pod
+from tests.serverproc import ServerProcess, free_port
+from webhook import certs
+
+LOGGING = (SHIPPED_POLICIES / "logging.yaml").read_text()
+
+
+@pytest.fixture
+def configmap_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server whose policies directory is laid out like a mounted ConfigMap:
+    `logging.yaml -> ..data/logging.yaml`, `..data -> ..2026_v1`."""
+    root = tmp_path / "policies"
+    version = root / "..v1"
+    version.mkdir(parents=True)
+    (version / "logging.yaml").write_text(LOGGING)
+    (root / "..data").symlink_to("..v1")
+    (root / "logging.yaml").symlink_to("..data/logging.yaml")
+    server = ServerProcess(tmp_path, policies=root, args=["--reload-interval", "0.1"])
+    server.start()
+    yield server
+    server.stop()
+
+
+def swap_configmap(root: Path, files: dict[str, str], version: str) -> None:
+    """What the kubelet does on a ConfigMap update: a new timestamped dir, then an atomic
+    rename of the `..data` symlink; top-level links to new keys are added."""
+    target = root / f"..{version}"
+    target.mkdir()
+    for name, text in files.items():
+        (target / name).write_text(text)
+    tmp_link = root / "..data_tmp"
+    tmp_link.symlink_to(target.name)
+    os.replace(tmp_link, root / "..data")
+    for name in files:
+        if not (root / name).is_symlink():
+            (root / name).symlink_to(f"..data/{name}")
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    with server.client() as client:
+        text = client.get(server.url("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not exported")
+
+
+def answer(server: ServerProcess, annotation: str) -> dict[str, Any]:
+    with server.client() as client:
+        result: dict[str, Any] = client.post(server.url(), json=review(pod(annotation))).json()
+    response: dict[str, Any] = result["response"]
+    return response
+
+
+def wait_until(condition: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_a_configmap_update_is_reloaded(configmap_server: ServerProcess) -> None:
+    assert "warnings" in answer(configmap_server, "tracing")
+    tracing = LOGGING.replace("name: logging\n", "name: tracing\n").replace(
+        "logging-", "tracing-")
+    swap_configmap(configmap_server.policies, {"logging.yaml": LOGGING,
+                                               "tracing.yaml": tracing}, "v2")
+    wait_until(lambda: "warnings" not in answer(configmap_server, "tracing"))
+    assert metric(configmap_server, "sidecar_injector_policies_loaded") == 2
+
+
+def test_a_bad_policy_set_is_refused_and_the_last_good_one_keeps_serving(
+    configmap_server: ServerProcess,
+) -> None:
+    swap_configmap(configmap_server.policies,
+                   {"logging.yaml": LOGGING.replace("cpu: 100m", "cpu: lots")}, "v2")
+    wait_until(lambda: metric(configmap_server,
+                              "sidecar_injector_policy_reload_errors_total") == 1)
+    assert answer(configmap_server, "logging")["allowed"] is True
+    assert "patch" in answer(configmap_server, "logging")
+    log = configmap_server.log.read_text()
+    assert "policy reload refused" in log
+    assert "'lots' is not a quantity" in log
+
+
+def serial_seen(server: ServerProcess) -> int:
+    with httpx.Client(verify=server.ssl_context()) as client:
+        response = client.get(server.url("/healthz"))
+        stream: Any = response.extensions["network_stream"]
+        der = stream.get_extra_info("ssl_object").getpeercert(True)
+    return int(x509.load_der_x509_certificate(der).serial_number)
+
+
+def test_a_rotated_certificate_is_served_without_a_failed_request(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, policies=SHIPPED_POLICIES, args=["--reload-interval", "0.1"])
+    server.start()
+    failures: list[str] = []
+    done = threading.Event()
+    sent = [0]
+
+    def hammer() -> None:
+        while not done.is_set():
+            try:
+                with server.client() as client:  # a new connection, so a new handshake
+                    response = client.post(server.url(), json=review(pod()))
+                if response.status_code != 200:
+                    failures.append(str(response.status_code))
+                sent[0] += 1
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+
+    workers = [threading.Thread(target=hammer) for _ in range(4)]
+    try:
+        for worker in workers:
+            worker.start()
+        before = serial_seen(server)
+        ca = certs.KeyPair((server.certs / "ca.crt").read_bytes(),
+                           (server.certs / "ca.key").read_bytes())
+        renewed = certs.issue(ca, "sidecar-injector", dns_names=["localhost"],
+                              ip_addresses=["127.0.0.1"])
+        renewed.write(server.certs / "tls.crt", server.certs / "tls.key")
+        wait_until(lambda: serial_seen(server) != before)
+        time.sleep(0.5)
+    finally:
+        done.set()
+        for worker in workers:
+            worker.join()
+        server.stop()
+    assert failures == []
+    assert sent[0] > 20
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, policies=SHIPPED_POLICIES)
+    server.start()
+    body = json.dumps(review(pod())).encode()
+    results: list[int] = []
+
+    def slow_body() -> Iterator[bytes]:
+        yield body[:10]
+        time.sleep(1.0)  # SIGTERM arrives while this request is in flight
+        yield body[10:]
+
+    def send() -> None:
+        with server.client() as client:
+            results.append(client.post(server.url(), content=slow_body()).status_code)
+
+    senders = [threading.Thread(target=send) for _ in range(3)]
+    for sender in senders:
+        sender.start()
+    time.sleep(0.4)
+    code = server.stop(signal.SIGTERM)
+    for sender in senders:
+        sender.join()
+    assert code == 0
+    assert results == [200, 200, 200]
+    assert "stopped" in server.log.read_text()
+
+
+def test_a_missing_policies_directory_fails_fast_with_one_line(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, policies=tmp_path / "nope")
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        server.start()
+    assert f"error: {tmp_path / 'nope'}: policies directory does not exist" in (
+        server.log.read_text())
+
+
+def test_serve_with_no_arguments_uses_dev_certificates_and_the_shipped_policies(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "webhook", "serve", "--host",
+                                    "127.0.0.1", "--port", str(port)],
+                                   stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: '"serving"' in log.read_text(), 30)
+        entries = [json.loads(line) for line in log.read_text().splitlines()]
+        ca = next(e["ca"] for e in entries if "ca" in e)
+        policies = next(e["policies"] for e in entries if e["message"] == "serving")
+        context = ssl.create_default_context(cafile=ca)
+        wait_until(lambda: _ready(f"https://127.0.0.1:{port}/readyz", context), 30)
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0
+    assert len(policies) == len(list(SHIPPED_POLICIES.glob("*.yaml")))
+
+
+def _ready(url: str, context: ssl.SSLContext) -> bool:
+    try:
+        return httpx.get(url, verify=context).status_code == 200
+    except httpx.HTTPError:
+        return False
