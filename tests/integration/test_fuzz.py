@@ -43,12 +43,12 @@ def mutated_reviews(draw: st.DrawFn) -> bytes:
                                        "nope", " , ", "auth-proxy,adapter"]))
     document: Any = review(pod(annotation))
     path = draw(st.sampled_from(PATHS))
-    node = document
-    for key in path[:-1]:
-        node = node[key] if isinstance(node, dict | list) else None
-    key: Any = path[-1]
-    if isinstance(node, dict) or (isinstance(node, list) and isinstance(key, int) and node):
-        node[key] = draw(JSON)
+    node: Any = document
+    for step in path[:-1]:
+        node = node[step] if isinstance(node, dict | list) else None
+    last: Any = path[-1]
+    if isinstance(node, dict) or (isinstance(node, list) and isinstance(last, int) and node):
+        node[last] = draw(JSON)
     text = json.dumps(document)
     if draw(st.booleans()):
         cut = draw(st.integers(0, len(text)))
