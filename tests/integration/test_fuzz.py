@@ -45,7 +45,8 @@ def mutated_reviews(draw: st.DrawFn) -> bytes:
     path = draw(st.sampled_from(PATHS))
     node: Any = document
     for step in path[:-1]:
-        node = node[step] if isinstance(node, dict | list) else None
+        container: Any = node
+        node = container[step] if isinstance(node, dict | list) else None
     last: Any = path[-1]
     if isinstance(node, dict) or (isinstance(node, list) and isinstance(last, int) and node):
         node[last] = draw(JSON)
