@@ -49,5 +49,8 @@ build etcd etcd . "-X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION"
 build kube-apiserver k8s k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags"
 build kube-controller-manager k8s k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
 build agnhost k8s k8s.io/kubernetes/test/images/agnhost "$k8s_ldflags"
+# helm's default .Capabilities.KubeVersion (used by `helm template`) is the pinned Kubernetes.
 build helm helm helm.sh/helm/v3/cmd/helm \
-  "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 \
+-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"

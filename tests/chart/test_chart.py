@@ -1,0 +1,202 @@
+"""The Helm chart: lint and render cleanly in every certificate mode, validate against the strict
+Kubernetes schema, and carry SPEC section 2's selectors and section 6's guard."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+
+from tests.chart.helm import CHART, helm, of_kind, render, set_args
+from tests.conftest import SHIPPED_POLICIES
+from webhook import k8s_schema
+from webhook.policy import load_policy_dir
+
+CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").decode()
+COMBINATIONS = [
+    pytest.param({}, id="generate-defaults"),
+    pytest.param({"certificates.mode": "certManager"}, id="cert-manager-self-signed"),
+    pytest.param({"certificates.mode": "certManager", "certificates.issuerRef.name": "corp-ca",
+                  "certificates.issuerRef.kind": "ClusterIssuer"}, id="cert-manager-issuer"),
+    pytest.param({"certificates.mode": "secret", "certificates.secretName": "my-tls",
+                  "webhook.caBundle": CA}, id="user-secret"),
+    pytest.param({"webhook.url": "https://127.0.0.1:8443/mutate", "webhook.caBundle": CA},
+                 id="external-url"),
+    pytest.param({"webhook.failurePolicy": "Fail", "guard.enabled": "false"}, id="fail-closed"),
+    pytest.param({"prefix": "injector.example.org", "defaultPolicies": "logging",
+                  "strict": "true", "onConflict": "skip"}, id="prefix-and-flags"),
+    pytest.param({"policies.includeShipped": "false", "replicaCount": "3",
+                  "podDisruptionBudget.enabled": "false"}, id="no-shipped-policies"),
+]
+NOT_BUILT_IN = {"Certificate", "Issuer"}  # cert-manager CRDs
+
+
+@pytest.mark.parametrize("values", COMBINATIONS)
+def test_helm_lint_strict_is_clean(values: dict[str, str]) -> None:
+    result = helm("lint", "--strict", str(CHART), *set_args(values), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("values", COMBINATIONS)
+def test_every_rendered_object_fits_the_strict_kubernetes_schema(values: dict[str, str]) -> None:
+    for obj in render(values):
+        if obj["kind"] in NOT_BUILT_IN:
+            assert obj["apiVersion"] == "cert-manager.io/v1"
+            continue
+        validator = k8s_schema.object_validator(obj["kind"], obj["apiVersion"])
+        errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+                  for e in validator.iter_errors(obj)]
+        assert errors == [], f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def webhooks(values: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    (config,) = of_kind(render(values), "MutatingWebhookConfiguration")
+    return {hook["name"].split(".")[0]: hook for hook in config["webhooks"]}
+
+
+def test_the_webhook_configuration_follows_spec_section_2() -> None:
+    hooks = webhooks()
+    assert set(hooks) == {"namespace", "pod"}
+    excluded = {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                "values": ["kube-system", "kube-public", "kube-node-lease", "sidecar-injector"]}
+    key = "sidecar.company.com/inject"
+    assert hooks["namespace"]["namespaceSelector"]["matchExpressions"] == [
+        {"key": key, "operator": "In", "values": ["enabled"]}, excluded]
+    assert hooks["namespace"]["objectSelector"]["matchExpressions"] == [
+        {"key": key, "operator": "NotIn", "values": ["false"]}]
+    assert hooks["pod"]["namespaceSelector"]["matchExpressions"] == [
+        {"key": key, "operator": "NotIn", "values": ["enabled"]}, excluded]
+    assert hooks["pod"]["objectSelector"]["matchExpressions"] == [
+        {"key": key, "operator": "In", "values": ["enabled"]}]
+    for hook in hooks.values():
+        assert hook["admissionReviewVersions"] == ["v1"]
+        assert hook["sideEffects"] == "None"
+        assert hook["reinvocationPolicy"] == "IfNeeded"
+        assert hook["matchPolicy"] == "Equivalent"
+        assert (hook["failurePolicy"], hook["timeoutSeconds"]) == ("Ignore", 5)
+        assert hook["rules"] == [{"operations": ["CREATE"], "apiGroups": [""],
+                                  "apiVersions": ["v1"], "resources": ["pods"],
+                                  "scope": "Namespaced"}]
+        assert hook["clientConfig"]["service"] == {
+            "name": "release-sidecar-injector", "namespace": "sidecar-injector",
+            "path": "/mutate", "port": 443}
+
+
+def test_failure_policy_timeout_prefix_and_url_are_values() -> None:
+    hooks = webhooks({"webhook.failurePolicy": "Fail", "webhook.timeoutSeconds": "3",
+                      "prefix": "acme.io", "webhook.url": "https://127.0.0.1:9443/mutate",
+                      "webhook.caBundle": CA})
+    for hook in hooks.values():
+        assert (hook["failurePolicy"], hook["timeoutSeconds"]) == ("Fail", 3)
+        assert hook["clientConfig"] == {"url": "https://127.0.0.1:9443/mutate", "caBundle": CA}
+        assert hook["objectSelector"]["matchExpressions"][0]["key"] == "acme.io/inject"
+
+
+def test_an_external_url_renders_no_in_cluster_server() -> None:
+    kinds = {obj["kind"] for obj in render({"webhook.url": "https://127.0.0.1:1/mutate",
+                                            "webhook.caBundle": CA})}
+    assert kinds == {"MutatingWebhookConfiguration", "ValidatingAdmissionPolicy",
+                     "ValidatingAdmissionPolicyBinding"}
+
+
+def test_generated_certificates_chain_to_the_ca_bundle() -> None:
+    objects = render()
+    (secret,) = of_kind(objects, "Secret")
+    ca_pem = base64.b64decode(secret["data"]["ca.crt"])
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    leaf = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    leaf.verify_directly_issued_by(ca)
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "release-sidecar-injector.sidecar-injector.svc" in sans.get_values_for_type(
+        x509.DNSName)
+    for hook in of_kind(objects, "MutatingWebhookConfiguration")[0]["webhooks"]:
+        assert base64.b64decode(hook["clientConfig"]["caBundle"]) == ca_pem
+
+
+def test_cert_manager_mode_asks_the_cainjector_for_the_bundle() -> None:
+    objects = render({"certificates.mode": "certManager"})
+    (config,) = of_kind(objects, "MutatingWebhookConfiguration")
+    assert config["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": "sidecar-injector/release-sidecar-injector"}
+    assert all("caBundle" not in h["clientConfig"] for h in config["webhooks"])
+    assert of_kind(objects, "Secret") == []
+    serving = [c for c in of_kind(objects, "Certificate") if not c["spec"].get("isCA")]
+    assert serving[0]["spec"]["secretName"] == "release-sidecar-injector-tls"
+
+
+def test_the_guard_denies_unstamped_opted_in_pods_outside_excluded_namespaces() -> None:
+    objects = render()
+    (policy,) = of_kind(objects, "ValidatingAdmissionPolicy")
+    (binding,) = of_kind(objects, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"],
+                               "validationActions": ["Deny"]}
+    spec = policy["spec"]
+    assert spec["matchConstraints"]["namespaceSelector"]["matchExpressions"][0]["values"] == [
+        "kube-system", "kube-public", "kube-node-lease", "sidecar-injector"]
+    assert "sidecar.company.com/status" in spec["validations"][0]["expression"]
+    assert "webhook may be" in spec["validations"][0]["message"]
+
+
+@pytest.mark.parametrize(("kube_version", "enabled", "rendered"), [
+    pytest.param("1.29.0", "auto", False, id="auto-on-1.29"),
+    pytest.param("1.30.0", "auto", True, id="auto-on-1.30"),
+    pytest.param("1.34.0", "false", False, id="off"),
+])
+def test_the_guard_follows_the_cluster_version(kube_version: str, enabled: str,
+                                               rendered: bool) -> None:
+    objects = render({"guard.enabled": enabled}, kube_version=kube_version)
+    assert bool(of_kind(objects, "ValidatingAdmissionPolicy")) is rendered
+
+
+def test_the_policies_configmap_holds_the_shipped_policies_unchanged() -> None:
+    (configmap,) = of_kind(render(), "ConfigMap")
+    shipped = {p.name: p.read_text() for p in SHIPPED_POLICIES.glob("*.yaml")}
+    assert configmap["data"] == shipped
+
+
+def test_custom_policies_are_added_and_load(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    custom = yaml.safe_load((SHIPPED_POLICIES / "logging.yaml").read_text())
+    custom["metadata"]["name"] = "team-logging"
+    values.write_text(yaml.safe_dump({"policies": {"custom": {"team-logging": custom}}}))
+    (configmap,) = of_kind(render(extra=["--values", str(values)]), "ConfigMap")
+    served = tmp_path / "served"
+    served.mkdir()
+    for name, text in configmap["data"].items():
+        (served / name).write_text(text)
+    assert "team-logging" in load_policy_dir(served).names()
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    pytest.param({"webhok.url": "x"}, "additional properties 'webhok' not allowed", id="typo"),
+    pytest.param({"webhook.failurePolicy": "Sometimes"}, "failurePolicy", id="bad-enum"),
+    pytest.param({"certificates.mode": "secret"}, "certificates.secretName is required",
+                 id="secret-without-name"),
+    pytest.param({"webhook.url": "https://x/mutate"}, "webhook.caBundle", id="url-without-ca"),
+])
+def test_bad_values_fail_with_a_message(values: dict[str, str], message: str) -> None:
+    result = helm("template", "release", str(CHART), *set_args(values), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_the_deployment_is_hardened_and_probed_over_https() -> None:
+    (deployment,) = of_kind(render(), "Deployment")
+    pod = deployment["spec"]["template"]
+    assert deployment["spec"]["replicas"] == 2
+    assert pod["metadata"]["labels"]["sidecar.company.com/inject"] == "false"
+    (container,) = pod["spec"]["containers"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False,
+                                            "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "https", "scheme": "HTTPS"}
+    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {
+        "fieldPath": "metadata.namespace"}}} in container["env"]
+    assert pod["spec"]["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
