@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -26,9 +25,10 @@ def set_args(values: dict[str, str]) -> list[str]:
 
 
 def render(values: dict[str, str] | None = None, *, namespace: str = "sidecar-injector",
-           kube_version: str | None = None, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
+           kube_version: str | None = None, extra: Sequence[str] = (),
+           release: str = "release") -> list[dict[str, Any]]:
     """`helm template` the chart; the objects it renders."""
-    args = ["template", "release", str(CHART), "--namespace", namespace,
+    args = ["template", release, str(CHART), "--namespace", namespace,
             *set_args(values or {}), *extra]
     if kube_version:
         args += ["--kube-version", kube_version]
@@ -38,7 +38,3 @@ def render(values: dict[str, str] | None = None, *, namespace: str = "sidecar-in
 
 def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [obj for obj in objects if obj["kind"] == kind]
-
-
-def chart_path() -> Path:
-    return CHART

@@ -138,7 +138,10 @@ def test_the_guard_denies_unstamped_opted_in_pods_outside_excluded_namespaces() 
     spec = policy["spec"]
     assert spec["matchConstraints"]["namespaceSelector"]["matchExpressions"][0]["values"] == [
         "kube-system", "kube-public", "kube-node-lease", "sidecar-injector"]
-    assert "sidecar.company.com/status" in spec["validations"][0]["expression"]
+    variables = {v["name"]: v["expression"] for v in spec["variables"]}
+    assert "sidecar.company.com/status" in variables["stamped"]
+    assert spec["validations"][0]["expression"] == (
+        "!variables.optedIn || variables.optedOut || variables.stamped")
     assert "webhook may be" in spec["validations"][0]["message"]
 
 

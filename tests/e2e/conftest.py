@@ -12,10 +12,9 @@ import pytest
 
 from tests.e2e.controlplane import ROOT, ControlPlane
 from tests.e2e.kube import ApiException, Kube, wait_for
-from tests.e2e.webhookconfig import INJECT, webhook_configuration
+from tests.e2e.webhookconfig import INJECT, RELEASE_NAMESPACE, webhook_configuration
 from tests.serverproc import ServerProcess
 
-RELEASE_NAMESPACE = "sidecar-injector"
 STATUS = "sidecar.company.com/status"
 POLICIES = ROOT / "policies"
 ARTIFACTS = ROOT / "artifacts" / "e2e"
@@ -77,8 +76,7 @@ def register(kube: Kube, webhook: Webhook) -> Register:
 
     def apply(failure_policy: str) -> None:
         kube.apply_mutating_webhook(webhook_configuration(
-            url=webhook.mutate_url, ca_bundle=webhook.ca_bundle, failure_policy=failure_policy,
-            release_namespace=RELEASE_NAMESPACE))
+            url=webhook.mutate_url, ca_bundle=webhook.ca_bundle, failure_policy=failure_policy))
         wait_for(lambda: _webhook_called(kube, probe_ns), 60,
                  "the webhook configuration to take effect")
 

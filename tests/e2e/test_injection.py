@@ -165,7 +165,7 @@ def test_failure_policy_fail_blocks_opted_in_pods_only(kube: Kube, namespace: Ne
     try:
         with pytest.raises(ApiException) as blocked:
             kube.create_pod(opted_in, pod_manifest("web"), dry_run=True)
-        assert "namespace.sidecar-injector.company.com" in str(blocked.value.body)
+        assert "namespace.sidecar-injector.sidecar.company.com" in str(blocked.value.body)
         pod, _ = kube.create_pod(plain, pod_manifest("web"), dry_run=True)
         assert status(pod) is None
     finally:
