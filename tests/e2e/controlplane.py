@@ -99,7 +99,8 @@ class ControlPlane:
     def start(self, *, controller_manager: bool = True) -> None:
         bins = binary_dir()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.logs, ignore_errors=True)  # logs kept by a failed run are stale now
+        self.logs.mkdir(parents=True)
         pki = self.workdir / "pki"
         pki.mkdir(exist_ok=True)
         self._etcd(bins)
