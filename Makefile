@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test unit lint schema schema-check golden e2e tools image chart-lint chart-template bench clean
+.PHONY: help install run test unit lint schema schema-check golden e2e tools image image-check chart-lint chart-template bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -35,16 +35,32 @@ schema-check: install ## fail if policies/schema.json is stale
 golden: install ## refresh the golden files under tests/golden (review the diff!)
 	REFRESH_GOLDEN=true $(BIN)/pytest -q tests/golden
 
-unit: install ## the fast tests (no apiserver)
-	$(BIN)/pytest -q --ignore=tests/e2e
+unit: install ## unit, golden, property and server integration tests (no apiserver, no helm)
+	$(BIN)/pytest -q --ignore=tests/e2e --ignore=tests/chart
 
 test: lint schema-check unit ## everything CI runs before the end-to-end suite
 
-e2e: install tools ## end-to-end tests through a real kube-apiserver
-	$(BIN)/pytest -q tests/e2e
+e2e: install tools ## the chart and end-to-end suites, through a real kube-apiserver
+	$(BIN)/pytest -q tests/chart tests/e2e
 
 tools: ## build etcd, kube-apiserver, kube-controller-manager, helm, agnhost into bin/
 	bash tools/build.sh
+
+IMAGE ?= ghcr.io/company/sidecar-injector:0.1.0
+
+image: ## build the container image (needs docker, podman or buildah)
+	@engine=$$(command -v docker || command -v podman || command -v buildah) \
+		|| { echo "no container engine here: run 'make image-check' instead"; exit 1; }; \
+	$$engine build -t $(IMAGE) .
+
+image-check: install ## lint the Dockerfile and run its install steps in a clean virtualenv
+	bash tools/check-image.sh
+
+chart-lint: tools ## helm lint --strict the chart
+	bin/helm lint --strict charts/sidecar-injector
+
+chart-template: tools ## render the chart with its defaults
+	bin/helm template sidecar-injector charts/sidecar-injector --namespace sidecar-injector
 
 bench: install ## benchmarks (see docs/benchmarks.md)
 	$(BIN)/python -m bench
