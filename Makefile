@@ -22,7 +22,7 @@ run: install ## run the webhook on https://127.0.0.1:8443 with dev certificates 
 	$(BIN)/sidecar-injector serve --host 127.0.0.1 --port 8443
 
 lint: install ## ruff and mypy --strict
-	$(BIN)/ruff check webhook tests
+	$(BIN)/ruff check webhook tests bench
 	$(BIN)/mypy
 
 schema: install ## regenerate policies/schema.json from the policy model
@@ -62,7 +62,8 @@ chart-lint: tools ## helm lint --strict the chart
 chart-template: tools ## render the chart with its defaults
 	bin/helm template sidecar-injector charts/sidecar-injector --namespace sidecar-injector
 
-bench: install ## benchmarks (see docs/benchmarks.md)
+bench: install ## benchmarks (see docs/benchmarks.md); needs wrk (apt-get install wrk)
+	@command -v wrk >/dev/null || { echo "bench: installing wrk"; apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench
 
 clean: ## remove the virtual environment and caches

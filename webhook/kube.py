@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,9 +24,11 @@ MAX_BACKOFF = 30.0
 class NamespaceDefaults:
     """Namespace default policies, from a background list+watch of Namespaces."""
 
-    def __init__(self, annotation: str, kubeconfig: Path | None) -> None:
+    def __init__(self, annotation: str, kubeconfig: Path | None,
+                 on_version: Callable[[tuple[int, int]], None] | None = None) -> None:
         self.annotation = annotation
         self.kubeconfig = kubeconfig
+        self.on_version = on_version
         self.status = "not started"
         self._policies: dict[str, tuple[str, ...]] = {}
         self._synced = threading.Event()
@@ -69,7 +72,22 @@ class NamespaceDefaults:
         else:
             loader.load_incluster_config()
             api_client = client.ApiClient()
+        self._version_api = client.VersionApi(api_client)
         return client.CoreV1Api(api_client)
+
+    def _report_version(self) -> None:
+        """Tell `on_version` the cluster's version (for sidecarMode: auto), once."""
+        if self.on_version is None:
+            return
+        info = self._version_api.get_code(_request_timeout=10)
+        try:
+            version = int(info.major), int(str(info.minor).rstrip("+"))
+        except (TypeError, ValueError):
+            log.warning("cannot read the cluster version", extra={"version": str(info)})
+        else:
+            self.on_version(version)
+            log.info("cluster version", extra={"version": f"{version[0]}.{version[1]}"})
+        self.on_version = None
 
     def _run(self, api: Any) -> None:
         from kubernetes import watch  # noqa: PLC0415
@@ -77,6 +95,7 @@ class NamespaceDefaults:
         backoff = 1.0
         while not self._stop.is_set():
             try:
+                self._report_version()
                 listed = api.list_namespace(_request_timeout=30)
                 self._policies = {ns.metadata.name: self._defaults(ns) for ns in listed.items}
                 self._synced.set()

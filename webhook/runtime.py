@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from webhook.engine import EngineConfig, Outcome, mutate
@@ -30,6 +30,11 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.metrics.policies_loaded.set(len(self.policies))
+
+    def learn_kube_version(self, version: tuple[int, int]) -> None:
+        """Use the cluster's version for `sidecarMode: auto`, unless one was configured."""
+        if self.config.kube_version is None:
+            self.config = replace(self.config, kube_version=version)
 
     def swap(self, policies: PolicySet) -> None:
         """Serve `policies` from the next request on."""

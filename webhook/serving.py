@@ -57,8 +57,10 @@ def run(settings: Settings) -> int:
     except CertificateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    namespaces = NamespaceDefaults(settings.keys.policies, settings.kubeconfig)
-    runtime = Runtime(policies, settings.engine_config(), namespaces)
+    runtime = Runtime(policies, settings.engine_config())
+    namespaces = NamespaceDefaults(settings.keys.policies, settings.kubeconfig,
+                                   on_version=runtime.learn_kube_version)
+    runtime.namespaces = namespaces
     namespaces.start()
     reloader = Reloader(runtime, policies=settings.policies, context=context, cert=cert, key=key,
                         interval=settings.reload_interval)

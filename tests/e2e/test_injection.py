@@ -184,3 +184,10 @@ def test_failure_policy_ignore_admits_unchanged(kube: Kube, namespace: NewNamesp
     finally:
         webhook.start()
         register("Fail")
+
+
+def test_the_webhook_learns_the_cluster_version_for_sidecar_mode_auto(webhook: Webhook) -> None:
+    entries = [json.loads(line) for line in webhook.log.read_text().splitlines()
+               if '"cluster version"' in line]
+    assert entries, "the webhook never logged the cluster version"
+    assert entries[-1]["version"] == "1.34"
