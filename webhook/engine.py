@@ -11,11 +11,12 @@ is not a pod) or a `Skip`, never an exception.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.patch import Operation, injection_patch, removal_patch, stamp_patch
+from webhook.patch import Operation, injection_patch, removal_patch, serialize, stamp_patch
 from webhook.policy import PolicySet
 from webhook.render import (
     InvalidPodError,
@@ -42,8 +43,19 @@ class Outcome:
     """The engine's answer for one pod."""
 
     decision: Decision
-    patch: list[Operation] = field(default_factory=list)
+    operations: list[Operation] = field(default_factory=list)
     warnings: tuple[str, ...] = ()
+
+    @property
+    def patch_json(self) -> str:
+        """The RFC 6902 patch as JSON text (what the server sends, base64-encoded)."""
+        return serialize(self.operations)
+
+    @property
+    def patch(self) -> list[Operation]:
+        """The RFC 6902 patch as fresh data (what `jsonpatch` applies)."""
+        ops: list[Operation] = json.loads(self.patch_json)
+        return ops
 
     @property
     def allowed(self) -> bool:

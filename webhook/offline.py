@@ -7,7 +7,6 @@ what the webhook's patch would make. Objects it does not know pass through uncha
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,8 +61,8 @@ def inject_text(
             report.warnings.extend(f"{where}: {w}" for w in outcome.warnings)
             if not outcome.allowed:
                 report.errors.append(f"{where}: denied: {outcome.message}")
-            elif outcome.patch:
-                slot.replace(jsonpatch.apply_patch(pod, copy.deepcopy(outcome.patch)))
+            elif outcome.operations:
+                slot.replace(jsonpatch.apply_patch(pod, outcome.patch))
         values.append(obj)
     report.output = dump_documents(values) if values else ""
     return report

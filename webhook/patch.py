@@ -13,9 +13,36 @@ from typing import Any
 
 from jsonpointer import escape
 
+from webhook.policy import RawJSON
 from webhook.render import PodView, Rendered
 
 Operation = dict[str, Any]
+
+
+def serialize(ops: list[Operation]) -> str:
+    """The patch as JSON text; pre-rendered fragments (`RawJSON`) are embedded as they are."""
+    return "[" + ",".join(
+        '{"op":"%s","path":%s%s}' % (  # noqa: UP031 - the hot path's shortest spelling
+            op["op"], _encode(op["path"]), f',"value":{_encode(op["value"])}' if "value" in op
+            else "")
+        for op in ops) + "]"
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_encode_string: Any = json.encoder.encode_basestring
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, RawJSON):
+        return value
+    if isinstance(value, str):
+        encoded: str = _encode_string(value)
+        return encoded
+    if isinstance(value, list):
+        return "[" + ",".join(_encode(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_encode(k)}:{_encode(v)}" for k, v in value.items()) + "}"
+    return _ENCODER.encode(value)
 
 
 def injection_patch(pod: PodView, rendered: Rendered) -> list[Operation]:

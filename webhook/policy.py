@@ -157,22 +157,37 @@ def _schema_validator() -> jsonschema.protocols.Validator:
 # Compiled form
 
 
+#: `${pod.*}` placeholders in a plain string. Map keys are label or annotation keys, which never
+#: hold quotes or backslashes.
 PLACEHOLDER = re.compile(
     r"\$\{pod\.(?:(?P<field>name|generateName|namespace|serviceAccountName)"
-    r"|(?P<map>labels|annotations)\[(?:'(?P<sq>[^']*)'|\"(?P<dq>[^\"]*)\")\])\}"
+    r"|(?P<map>labels|annotations)\[(?:'(?P<sq>[^'\"\\]*)'|\"(?P<dq>[^'\"\\]*)\")\])\}"
 )
+#: The same placeholders inside JSON text, where a double quote is escaped as `\"`.
+JSON_PLACEHOLDER = re.compile(
+    r"\$\{pod\.(?:(?P<field>name|generateName|namespace|serviceAccountName)"
+    r"|(?P<map>labels|annotations)\[(?:'(?P<sq>[^'\"\\]*)'|\\\"(?P<dq>[^'\"\\]*)\\\")\])\}"
+)
+
+
+class RawJSON(str):
+    """JSON text embedded as it is: an object a policy adds, rendered once at load time."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Template:
-    """An object a policy adds, with a flag saying whether placeholders must be substituted."""
+    """An object a policy adds: its value, its JSON text, and whether placeholders are in it."""
 
     value: Any
+    text: RawJSON
     has_placeholders: bool
 
     @classmethod
     def of(cls, value: Any) -> Template:
-        return cls(value, PLACEHOLDER.search(json.dumps(value)) is not None)
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return cls(value, RawJSON(text), JSON_PLACEHOLDER.search(text) is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,8 +409,13 @@ def _rule_problems(spec: dict[str, Any]) -> Iterator[tuple[tuple[str | int, ...]
         if mount["mountPath"] in paths:
             yield (*path, "mountPath"), f"mountPath {mount['mountPath']!r} is repeated"
         paths.add(mount["mountPath"])
+    for index, mount in enumerate(spec.get("volumeMounts") or []):
+        if "${pod." in mount["mountPath"]:
+            yield (*base, "volumeMounts", index, "mountPath"), "placeholders are not allowed here"
     env_names: set[str] = set()
     for index, env in enumerate(spec.get("env") or []):
+        if "${pod." in env["name"]:
+            yield (*base, "env", index, "name"), "placeholders are not allowed in env names"
         if env["name"] in env_names:
             yield (*base, "env", index, "name"), f"env name {env['name']!r} is repeated"
         env_names.add(env["name"])

@@ -8,14 +8,17 @@ builds no patch (that is `patch`) and never touches the pod.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from webhook.policy import (
+    JSON_PLACEHOLDER,
     PLACEHOLDER,
     CompiledPolicy,
     Position,
+    RawJSON,
     SidecarMode,
     Template,
     revision,
@@ -89,12 +92,12 @@ def _or_empty(value: Any, empty: Any) -> Any:
 class Rendered:
     """Everything to add to one pod, in order, and the status record that describes it."""
 
-    init_front: list[Any] = field(default_factory=list)
-    init_back: list[Any] = field(default_factory=list)
-    containers: list[Any] = field(default_factory=list)
-    volumes: list[Any] = field(default_factory=list)
-    mounts: dict[int, list[Any]] = field(default_factory=dict)
-    env: dict[int, list[Any]] = field(default_factory=dict)
+    init_front: list[RawJSON] = field(default_factory=list)
+    init_back: list[RawJSON] = field(default_factory=list)
+    containers: list[RawJSON] = field(default_factory=list)
+    volumes: list[RawJSON] = field(default_factory=list)
+    mounts: dict[int, list[RawJSON]] = field(default_factory=dict)
+    env: dict[int, list[RawJSON]] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     applied: list[str] = field(default_factory=list)
@@ -183,14 +186,13 @@ def _render_mounts(pod: PodView, chosen: Sequence[CompiledPolicy], substitute: _
             for mount in policy.mounts:
                 if mount.containers is not None and name not in mount.containers:
                     continue
-                value = substitute(mount.mount)
-                if value["mountPath"] in used:
+                if mount.mount_path in used:
                     continue
-                used.add(value["mountPath"])
-                added.append(value)
+                used.add(mount.mount_path)
+                added.append(mount)
         if added:
-            out.mounts[index] = added
-            status["volumeMounts"][name] = [m["mountPath"] for m in added]
+            out.mounts[index] = [substitute(m.mount) for m in added]
+            status["volumeMounts"][name] = [m.mount_path for m in added]
 
 
 def _render_env(pod: PodView, chosen: Sequence[CompiledPolicy], substitute: _Substitution,
@@ -203,10 +205,10 @@ def _render_env(pod: PodView, chosen: Sequence[CompiledPolicy], substitute: _Sub
                 if template.value["name"] in names:
                     continue
                 names.add(template.value["name"])
-                added.append(substitute(template))
+                added.append(template)
         if added:
-            out.env[index] = added
-            status["env"][container["name"]] = [e["name"] for e in added]
+            out.env[index] = [substitute(t) for t in added]
+            status["env"][container["name"]] = [t.value["name"] for t in added]
 
 
 def _render_metadata(pod: PodView, chosen: Sequence[CompiledPolicy], substitute: _Substitution,
@@ -216,11 +218,11 @@ def _render_metadata(pod: PodView, chosen: Sequence[CompiledPolicy], substitute:
     for policy in chosen:
         for key, template in policy.pod_annotations.items():
             if key not in annotations and key not in out.annotations and key != status_key:
-                out.annotations[key] = substitute(template)
+                out.annotations[key] = substitute.text(template)
                 status["podAnnotations"].append(key)
         for key, template in policy.pod_labels.items():
             if key not in labels and key not in out.labels:
-                out.labels[key] = substitute(template)
+                out.labels[key] = substitute.text(template)
                 status["podLabels"].append(key)
 
 
@@ -255,7 +257,8 @@ class _Names:
 
 
 class _Substitution:
-    """Evaluates `${pod.*}` placeholders in the strings a policy adds, and nowhere else."""
+    """Evaluates `${pod.*}` placeholders in what a policy adds, and nowhere else: in the
+    pre-rendered JSON text of containers, volumes and env, and in annotation and label values."""
 
     def __init__(self, pod: PodView) -> None:
         meta = pod.metadata
@@ -271,24 +274,23 @@ class _Substitution:
             "annotations": meta.get("annotations") or {},
         }
 
-    def __call__(self, template: Template) -> Any:
+    def __call__(self, template: Template) -> RawJSON:
+        """The template's JSON text with placeholders evaluated (JSON-escaped)."""
         if not template.has_placeholders:
-            return template.value
-        return self._walk(template.value)
+            return template.text
+        return RawJSON(JSON_PLACEHOLDER.sub(self._replace_in_json, template.text))
 
-    def _walk(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return PLACEHOLDER.sub(self._replace, value) if "${pod." in value else value
-        if isinstance(value, dict):
-            return {key: self._walk(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [self._walk(item) for item in value]
-        return value
+    def text(self, template: Template) -> str:
+        """A plain string value (an annotation or label) with placeholders evaluated."""
+        value: str = template.value
+        return PLACEHOLDER.sub(self._replace, value) if template.has_placeholders else value
 
-    def _replace(self, match: Any) -> str:
+    def _replace(self, match: re.Match[str]) -> str:
         if match["field"]:
             return self.fields[match["field"]]
         key = match["sq"] if match["sq"] is not None else match["dq"]
         found = self.maps[match["map"]].get(key, "")
         return found if isinstance(found, str) else ""
 
+    def _replace_in_json(self, match: re.Match[str]) -> str:
+        return json.dumps(self._replace(match), ensure_ascii=False)[1:-1]

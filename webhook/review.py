@@ -82,10 +82,9 @@ def allow(uid: str) -> dict[str, Any]:
 def answer(uid: str, outcome: Outcome) -> dict[str, Any]:
     """The AdmissionReview response for the engine's `outcome`."""
     response: dict[str, Any] = {"uid": uid, "allowed": outcome.allowed}
-    if outcome.allowed and outcome.patch:
-        patch = json.dumps(outcome.patch, separators=(",", ":"), ensure_ascii=False)
+    if outcome.allowed and outcome.operations:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(patch.encode()).decode()
+        response["patch"] = base64.b64encode(outcome.patch_json.encode()).decode()
     if not outcome.allowed:
         response["status"] = {"code": DENIED_CODE, "reason": "BadRequest",
                               "message": outcome.message}

@@ -8,6 +8,8 @@ with `jsonpatch` equals the pod built independently from what `render` decided.
 from __future__ import annotations
 
 import copy
+import json
+from collections.abc import Sequence
 from typing import Any
 
 import jsonpatch
@@ -127,6 +129,11 @@ SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
+def load(fragments: Sequence[str]) -> list[Any]:
+    """Rendered additions are pre-rendered JSON text."""
+    return [json.loads(fragment) for fragment in fragments]
+
+
 def inject(pod: dict[str, Any], policies: PolicySet, config: EngineConfig) -> dict[str, Any]:
     outcome = mutate(pod, namespace="shop", policies=policies, config=config)
     result: dict[str, Any] = jsonpatch.apply_patch(pod, copy.deepcopy(outcome.patch))
@@ -200,14 +207,15 @@ def test_the_patch_applied_equals_the_rendered_pod(pod: dict[str, Any], policies
     meta.setdefault("annotations", {}).update(rendered.annotations)
     if rendered.labels:
         meta.setdefault("labels", {}).update(rendered.labels)
-    init = rendered.init_front + spec.get("initContainers", []) + rendered.init_back
+    init = (load(rendered.init_front) + spec.get("initContainers", [])
+            + load(rendered.init_back))
     if init:
         spec["initContainers"] = init
-    spec["containers"] += rendered.containers
+    spec["containers"] += load(rendered.containers)
     for index, mounts in rendered.mounts.items():
-        spec["containers"][index].setdefault("volumeMounts", []).extend(mounts)
+        spec["containers"][index].setdefault("volumeMounts", []).extend(load(mounts))
     for index, env in rendered.env.items():
-        spec["containers"][index].setdefault("env", []).extend(env)
+        spec["containers"][index].setdefault("env", []).extend(load(env))
     if rendered.volumes:
-        spec.setdefault("volumes", []).extend(rendered.volumes)
+        spec.setdefault("volumes", []).extend(load(rendered.volumes))
     assert inject(pod, policies, config) == expected
