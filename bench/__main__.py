@@ -4,8 +4,9 @@
 
 Starts `raw` (the floor: parse and answer), `fastapi` (a FastAPI route doing the same) and the
 real `sidecar-injector serve` with the shipped policies, and drives each with `wrk` on loopback
-(one wrk thread; bounded by --seconds). `/mutate` gets a pod that asks for `logging`, so it does a
-full injection, not a pass-through. Prints a table; the ratio column compares with `raw`.
+(one wrk thread; bounded by --seconds). `/mutate` is measured twice: on a pod in kube-system
+(decided untouched: the server's own overhead) and on a pod that asks for `logging` (a full
+injection). Prints a table; the ratio columns compare with `raw`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ POD = {"apiVersion": "v1", "kind": "Pod",
 REVIEW = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
           "request": {"uid": "bench", "kind": {"group": "", "version": "v1", "kind": "Pod"},
                       "operation": "CREATE", "namespace": "shop", "object": POD}}
+SYSTEM_REVIEW = json.loads(json.dumps(REVIEW).replace('"namespace": "shop"',
+                                                      '"namespace": "kube-system"'))
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [[%s]]
@@ -81,23 +84,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         certs = Path(tmp) / "certs"
         generate_certs(certs)
-        script = Path(tmp) / "post.lua"
-        script.write_text(LUA % json.dumps(REVIEW))
+        injected = Path(tmp) / "inject.lua"
+        injected.write_text(LUA % json.dumps(REVIEW))
+        passed = Path(tmp) / "pass.lua"
+        passed.write_text(LUA % json.dumps(SYSTEM_REVIEW))
+        runs = [("raw", "raw", injected), ("fastapi", "fastapi", injected),
+                ("mutate: untouched", "sidecar-injector", passed),
+                ("mutate: injection", "sidecar-injector", injected)]
         rows = {}
-        for kind in ("raw", "fastapi", "sidecar-injector"):
+        for label, kind, script in runs:
             port = free_port()
             process = start(kind, port, certs)
             try:
                 measure(port, script, 2, args.connections)  # warm-up
-                rows[kind] = measure(port, script, args.seconds, args.connections)
+                rows[label] = measure(port, script, args.seconds, args.connections)
             finally:
                 process.terminate()
                 process.wait(30)
     floor = rows["raw"]
-    print(f"\n{'server':<18}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'x raw req/s':>13}"
+    print(f"\n{'server':<20}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'x raw req/s':>13}"
           f"{'x raw p99':>11}")
     for kind, row in rows.items():
-        print(f"{kind:<18}{row['rps']:>10.0f}{row['p50']:>10.2f}{row['p99']:>10.2f}"
+        print(f"{kind:<20}{row['rps']:>10.0f}{row['p50']:>10.2f}{row['p99']:>10.2f}"
               f"{row['rps'] / floor['rps']:>13.2f}{row['p99'] / floor['p99']:>11.2f}")
 
 

@@ -3,6 +3,7 @@ namespace watch and the reloader, and serve with uvicorn until SIGTERM, then exi
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import sys
@@ -74,6 +75,8 @@ def run(settings: Settings) -> int:
     log.info("serving", extra={"address": f"https://{settings.host}:{settings.port}",
                                "policies": policies.names(), "cert": str(cert)})
     server = _Server(config, runtime)
+    gc.collect()
+    gc.freeze()  # the startup heap (policies, schemas, the Kubernetes client) is never garbage
     server.run()
     reloader.stop()
     namespaces.stop()
