@@ -135,3 +135,47 @@ def _admitted(kube: Kube, namespace: str) -> bool:
     except ApiException:
         return False
     return True
+
+
+IN_CLUSTER = "helm-incluster"
+
+
+def test_generated_certificates_survive_an_upgrade_and_uninstall_removes_everything(
+    control_plane: ControlPlane, kube: Kube,
+) -> None:
+    """The in-cluster install (Deployment, Service, RBAC, ConfigMap, Secret, PDB): its generated
+    CA is kept by `helm upgrade`, replaced with certificates.rotate, and all of it goes with
+    `helm uninstall`. (No kubelet runs here, so its pods stay Pending; the guard stays off so
+    the release's unreachable webhook does not change other tests' pods.)"""
+    namespace = kube.ensure_namespace("helm-incluster")
+    args = [str(CHART), "--namespace", namespace, "--set", "guard.enabled=false"]
+    installed = helm_in(control_plane, "install", IN_CLUSTER, *args)
+    assert installed.returncode == 0, installed.stderr
+    try:
+        secret_name = f"{IN_CLUSTER}-sidecar-injector-tls"
+        first = kube.core.read_namespaced_secret(secret_name, namespace).data["ca.crt"]
+        upgraded = helm_in(control_plane, "upgrade", IN_CLUSTER, *args)
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert kube.core.read_namespaced_secret(secret_name, namespace).data["ca.crt"] == first
+        config = kube.admission.read_mutating_webhook_configuration(
+            f"{IN_CLUSTER}-sidecar-injector")
+        bundle = config.webhooks[0].client_config.ca_bundle
+        assert bundle == first
+        rotated = helm_in(control_plane, "upgrade", IN_CLUSTER, *args,
+                          "--set", "certificates.rotate=true")
+        assert rotated.returncode == 0, rotated.stderr
+        assert kube.core.read_namespaced_secret(secret_name, namespace).data["ca.crt"] != first
+    finally:
+        removed = helm_in(control_plane, "uninstall", IN_CLUSTER, "--namespace", namespace,
+                          "--wait")
+    assert removed.returncode == 0, removed.stderr
+    selector = f"app.kubernetes.io/instance={IN_CLUSTER}"
+    leftovers = [
+        *kube.apps.list_namespaced_deployment(namespace, label_selector=selector).items,
+        *kube.core.list_namespaced_service(namespace, label_selector=selector).items,
+        *kube.core.list_namespaced_config_map(namespace, label_selector=selector).items,
+        *kube.core.list_namespaced_secret(namespace, label_selector=selector).items,
+        *kube.core.list_namespaced_service_account(namespace, label_selector=selector).items,
+        *kube.admission.list_mutating_webhook_configuration(label_selector=selector).items,
+    ]
+    assert [item.metadata.name for item in leftovers] == []
