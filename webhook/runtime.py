@@ -54,7 +54,8 @@ class Runtime:
         response = answer(review.uid, outcome)
         elapsed = time.perf_counter() - started
         self.metrics.record(outcome.result, outcome.policies, elapsed)
-        self._log(review, outcome, elapsed)
+        if log.isEnabledFor(logging.INFO):
+            self._log(review, outcome, elapsed)
         return response
 
     def _log(self, review: Review, outcome: Outcome, elapsed: float) -> None:
