@@ -2,7 +2,8 @@
 
     python -m bench [--seconds 10] [--connections 16]
 
-Starts `raw` (the floor: parse and answer), `fastapi` (a FastAPI route doing the same) and the
+Starts `raw` (the floor: parse and answer, stdlib json), `raw (orjson)` (the same floor with the
+parser `/mutate` uses), `fastapi` (a FastAPI route doing the same) and the
 real `sidecar-injector serve` with the shipped policies, and drives each with `wrk` on loopback
 (one wrk thread; bounded by --seconds). `/mutate` is measured twice: on a pod in kube-system
 (decided untouched: the server's own overhead) and on a pod that asks for `logging` (a full
@@ -88,7 +89,8 @@ def main() -> None:
         injected.write_text(LUA % json.dumps(REVIEW))
         passed = Path(tmp) / "pass.lua"
         passed.write_text(LUA % json.dumps(SYSTEM_REVIEW))
-        runs = [("raw", "raw", injected), ("fastapi", "fastapi", injected),
+        runs = [("raw", "raw", injected), ("raw (orjson)", "raw-orjson", injected),
+                ("fastapi", "fastapi", injected),
                 ("mutate: untouched", "sidecar-injector", passed),
                 ("mutate: injection", "sidecar-injector", injected)]
         rows = {}

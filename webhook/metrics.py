@@ -12,6 +12,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[str, str], Counter] = {}
         self.requests = Counter(
             "sidecar_injector_requests", "Admission reviews answered, by result and policy.",
             ["result", "policy"], registry=self.registry)
@@ -31,5 +32,8 @@ class Metrics:
     def record(self, result: str, policies: tuple[str, ...], seconds: float) -> None:
         """Count one answered review and its duration."""
         for policy in policies or ("",):
-            self.requests.labels(result, policy).inc()
+            counter = self._children.get((result, policy))
+            if counter is None:
+                counter = self._children[(result, policy)] = self.requests.labels(result, policy)
+            counter.inc()
         self.duration.observe(seconds)

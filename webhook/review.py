@@ -7,9 +7,10 @@ answers HTTP 400); a pod that cannot be injected is an `allowed: false` response
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from webhook.engine import Outcome
 
@@ -48,8 +49,8 @@ def parse_review(body: bytes) -> Review:
     if not body.strip():
         raise ReviewError("empty request body: expected an AdmissionReview")
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise ReviewError(f"malformed JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ReviewError("expected a JSON object (an AdmissionReview)")

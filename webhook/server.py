@@ -9,10 +9,10 @@ apiserver applies the configured failurePolicy; nothing a client sends can raise
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -82,11 +82,8 @@ class MutateEndpoint:
                 return b"".join(chunks)
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
 async def _send_json(send: Send, status: int, payload: Any) -> None:
-    body = _ENCODER.encode(payload).encode()
+    body = orjson.dumps(payload)
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
