@@ -2,17 +2,20 @@
 
 One background thread polls content digests every `interval` seconds. A changed policy set is
 loaded and swapped in whole; a bad one is refused, logged and counted, and the last good set keeps
-serving. A changed key pair is loaded into the live SSLContext, so new handshakes use it and
-in-flight connections are not disturbed; a half-written pair is retried on the next tick.
+serving. A changed key pair is checked in a scratch context, then loaded into the live SSLContext
+on the event loop's thread (between handshakes), so new handshakes use it and in-flight
+connections are not disturbed; a half-written pair is retried on the next tick.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import ssl
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from webhook import certs
@@ -77,6 +80,7 @@ class Reloader:
         self.cert, self.key, self.interval = cert, key, interval
         self._policy_digest = policy_digest(policies)
         self._cert_digest = file_digest(cert, key)
+        self.loop: asyncio.AbstractEventLoop | None = None  # set once the server runs
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reloader", daemon=True)
         self._record_expiry()
@@ -112,13 +116,26 @@ class Reloader:
         if digest == self._cert_digest:
             return
         try:
-            load_key_pair(self.context, self.cert, self.key)
+            self._on_loop(lambda: load_key_pair(self.context, self.cert, self.key))
         except CertificateError as exc:
             log.warning("new key pair not loaded yet; retrying", extra={"reason": str(exc)})
             return
         self._cert_digest = digest
         self._record_expiry()
         log.info("serving certificate reloaded", extra={"cert": str(self.cert)})
+
+    def _on_loop(self, change: Callable[[], None]) -> None:
+        """Run `change` on the event loop thread, where TLS connections are made, so no
+        handshake sees the context between its new certificate and its new key."""
+        loop = self.loop
+        if loop is None or not loop.is_running():
+            change()
+            return
+
+        async def apply() -> None:
+            change()
+
+        asyncio.run_coroutine_threadsafe(apply(), loop).result(timeout=30)
 
     def _record_expiry(self) -> None:
         try:

@@ -3,6 +3,7 @@ namespace watch and the reloader, and serve with uvicorn until SIGTERM, then exi
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import socket
@@ -34,11 +35,13 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
 
-    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+    def __init__(self, config: uvicorn.Config, runtime: Runtime, reloader: Reloader) -> None:
         super().__init__(config)
         self.runtime = runtime
+        self.reloader = reloader
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self.reloader.loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
         self.runtime.tls_ready = self.started
 
@@ -74,7 +77,7 @@ def run(settings: Settings) -> int:
     )
     log.info("serving", extra={"address": f"https://{settings.host}:{settings.port}",
                                "policies": policies.names(), "cert": str(cert)})
-    server = _Server(config, runtime)
+    server = _Server(config, runtime, reloader)
     gc.collect()
     gc.freeze()  # the startup heap (policies, schemas, the Kubernetes client) is never garbage
     server.run()
