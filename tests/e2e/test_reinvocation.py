@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.conftest import STATUS, NewNamespace, Register, Webhook, pod_manifest
 from tests.e2e.controlplane import ControlPlane, binary_dir, start
-from tests.e2e.kube import Kube, wait_for
+from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.webhookconfig import INJECT
 from tests.serverproc import free_port, generate_certs
 
@@ -59,8 +59,11 @@ def test_a_later_webhooks_change_does_not_double_inject(kube: Kube, namespace: N
     kube.core.patch_namespace(ns, {"metadata": {"labels": {"e2e-agnhost": "on"}}})
 
     def both_webhooks_ran() -> bool:
-        pod, _ = kube.create_pod(ns, pod_manifest("probe", annotations={INJECT: "logging"}),
-                                 dry_run=True)
+        try:
+            pod, _ = kube.create_pod(ns, pod_manifest("probe", annotations={INJECT: "logging"}),
+                                     dry_run=True)
+        except ApiException:  # agnhost still starting: its failurePolicy is Fail
+            return False
         names = [c["name"] for c in pod["spec"]["containers"]]
         return "webhook-added-sidecar" in names and STATUS in pod["metadata"]["annotations"]
 
