@@ -162,10 +162,19 @@ def test_failure_policy_fail_blocks_opted_in_pods_only(kube: Kube, namespace: Ne
                                                        register: Register) -> None:
     opted_in, plain = namespace(), namespace(opted_in=False)
     webhook.stop()
-    try:
-        with pytest.raises(ApiException) as blocked:
+    refusals: list[str] = []
+
+    def blocked() -> bool:  # the apiserver applies configuration changes asynchronously
+        try:
             kube.create_pod(opted_in, pod_manifest("web"), dry_run=True)
-        assert "namespace.sidecar-injector.sidecar.company.com" in str(blocked.value.body)
+        except ApiException as exc:
+            refusals.append(str(exc.body))
+            return True
+        return False
+
+    try:
+        wait_for(blocked, 30, "failurePolicy: Fail to block the pod")
+        assert "namespace.sidecar-injector.sidecar.company.com" in refusals[-1]
         pod, _ = kube.create_pod(plain, pod_manifest("web"), dry_run=True)
         assert status(pod) is None
     finally:
@@ -177,10 +186,19 @@ def test_failure_policy_ignore_admits_unchanged(kube: Kube, namespace: NewNamesp
     ns = namespace()
     register("Ignore")
     webhook.stop()
+    admitted: list[dict[str, Any]] = []
+
+    def admits() -> bool:  # the apiserver applies configuration changes asynchronously
+        try:
+            admitted.append(kube.create_pod(ns, pod_manifest("web"), dry_run=True)[0])
+        except ApiException:
+            return False
+        return True
+
     try:
-        pod, _ = kube.create_pod(ns, pod_manifest("web"), dry_run=True)
-        assert status(pod) is None
-        assert names(pod["spec"]["containers"]) == ["app"]
+        wait_for(admits, 30, "failurePolicy: Ignore to admit the pod")
+        assert status(admitted[-1]) is None
+        assert names(admitted[-1]["spec"]["containers"]) == ["app"]
     finally:
         webhook.start()
         register("Fail")
