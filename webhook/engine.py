@@ -88,8 +88,8 @@ def mutate(
     namespace_policies: Sequence[str] | None = None,
 ) -> Outcome:
     """Decide for `pod` in `namespace` and build the patch; `namespace_policies` None = unknown."""
-    if config.selection.untouched(namespace):
-        return _UNTOUCHED
+    if config.selection.untouched(namespace):  # decided before the pod is even read
+        return Outcome(Skip(SkipReason.SYSTEM_NAMESPACE))
     try:
         view = PodView.of(pod, namespace)
     except InvalidPodError as exc:
@@ -111,9 +111,6 @@ def mutate(
         return _skip(view, Skip(SkipReason.CONFLICT, warnings), keys.status)
     applied = Inject(tuple(rendered.applied), warnings)
     return Outcome(applied, injection_patch(view, rendered), warnings)
-
-
-_UNTOUCHED = Outcome(Skip(SkipReason.SYSTEM_NAMESPACE))
 
 
 def unmutate(pod: Any, *, namespace: str, config: EngineConfig) -> list[Operation]:
