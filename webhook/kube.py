@@ -8,6 +8,7 @@ the engine falls back to the global defaults; the reason is logged once and show
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,8 @@ class NamespaceDefaults:
     def start(self) -> None:
         """Connect and start watching; without cluster access, say so once and serve without."""
         try:
+            if self.kubeconfig is None and "KUBERNETES_SERVICE_HOST" not in os.environ:
+                raise RuntimeError("not running in a cluster and no --kubeconfig given")
             api = self._client()
         except Exception as exc:  # any config problem means "no cluster access"
             self.status = f"unavailable: {exc}"
