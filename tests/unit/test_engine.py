@@ -281,3 +281,13 @@ def test_the_configured_prefix_is_used_for_every_key(policies: PolicySet) -> Non
     obj["metadata"]["annotations"]["acme.io/inject"] = "metrics"
     _, out = run(policies, obj, config)
     assert "acme.io/status" in out["metadata"]["annotations"]
+
+
+def test_a_trailing_slash_does_not_make_a_second_mount_on_the_same_path(
+    policies: PolicySet,
+) -> None:
+    obj = pod()
+    obj["spec"]["containers"][0]["volumeMounts"] = [{"name": "own", "mountPath": "/var/log/app/"}]
+    _, out = run(policies, obj)
+    paths = [m["mountPath"] for m in out["spec"]["containers"][0]["volumeMounts"]]
+    assert paths == ["/var/log/app/", "/logs-web-only"]
