@@ -25,6 +25,9 @@ from webhook.settings import Settings
 
 log = logging.getLogger("sidecar_injector")
 GRACEFUL_SHUTDOWN_SECONDS = 30
+# How long, after SIGTERM, an idle connection may take to finish its TLS close before it is
+# dropped; requests in flight keep the whole GRACEFUL_SHUTDOWN_SECONDS.
+IDLE_CLOSE_SECONDS = 2.0
 
 
 class _Server(uvicorn.Server):
@@ -44,6 +47,39 @@ class _Server(uvicorn.Server):
         self.reloader.loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
         self.runtime.tls_ready = self.started
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown, plus dropping connections that stay idle for
+        IDLE_CLOSE_SECONDS.
+
+        uvicorn's `Server.shutdown` calls each connection's `shutdown()`, which for an idle
+        keep-alive connection is `transport.close()`, then waits (up to
+        timeout_graceful_shutdown) for `server_state.connections` to empty. On a TLS
+        transport close() sends close_notify and waits for the peer's up to the loop's
+        ssl_shutdown_timeout (30 s, not settable through uvicorn) before connection_lost, so
+        one client that never answers held the exit for the whole graceful timeout."""
+        dropper = asyncio.create_task(self._drop_idle_connections())
+        try:
+            await super().shutdown(sockets=sockets)
+        finally:
+            dropper.cancel()
+
+    async def _drop_idle_connections(self) -> None:
+        # uvicorn internals relied on (0.54, httptools_impl/h11_impl): `server_state.connections`
+        # holds the live protocols; a protocol's `cycle` is None before its first request and
+        # its `cycle.response_complete` is True once the last response is written; `transport`
+        # is the asyncio transport. A connection with a request in progress is left alone.
+        loop = asyncio.get_running_loop()
+        idle_since: dict[object, float] = {}
+        while True:
+            now = loop.time()
+            for connection in list(self.server_state.connections):
+                cycle = getattr(connection, "cycle", None)
+                if cycle is not None and not cycle.response_complete:
+                    idle_since.pop(connection, None)
+                elif now - idle_since.setdefault(connection, now) >= IDLE_CLOSE_SECONDS:
+                    connection.transport.abort()  # connection_lost follows, without TLS close
+            await asyncio.sleep(0.1)
 
 
 def run(settings: Settings) -> int:
@@ -90,6 +126,14 @@ def run(settings: Settings) -> int:
 def _key_pair(settings: Settings) -> tuple[Path, Path]:
     if settings.tls_cert and settings.tls_key:
         return settings.tls_cert, settings.tls_key
+    if settings.tls_cert or settings.tls_key:
+        given, missing = "--tls-cert", "--tls-key"
+        if settings.tls_key:
+            given, missing = missing, given
+        print(f"error: {given} {settings.tls_cert or settings.tls_key} is set but {missing} is "
+              "not: pass both, or neither to serve with self-signed development certificates",
+              file=sys.stderr)
+        raise SystemExit(2)
     directory = Path(tempfile.mkdtemp(prefix="sidecar-injector-dev-certs-"))
     certs.generate(directory, service="sidecar-injector", namespace="default")
     log.warning("no --tls-cert/--tls-key given: serving with self-signed development "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -179,6 +180,73 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path) -> None
     assert code == 0
     assert results == [200, 200, 200]
     assert "stopped" in server.log.read_text()
+
+
+def idle_keep_alive_connection(server: ServerProcess) -> ssl.SSLSocket:
+    """A TLS connection that has had one complete keep-alive request and response, and then
+    is left alone: the caller never reads from it again nor closes it, so the server's TLS
+    close_notify is never answered (like a client that hung, or a half-dead NAT entry)."""
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    tls = server.ssl_context().wrap_socket(raw, server_hostname="127.0.0.1")
+    tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n")
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += tls.recv(4096)
+    head, _, body = response.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += tls.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert b"connection: close" not in head.lower()  # the server keeps it open, idle
+    return tls
+
+
+def test_sigterm_drops_an_idle_connection_whose_client_never_closes(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, policies=SHIPPED_POLICIES)
+    server.start()
+    idle = idle_keep_alive_connection(server)
+    try:
+        started = time.monotonic()
+        code = server.stop(signal.SIGTERM, timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        idle.close()
+    print(f"serve exited {code} {elapsed:.1f}s after SIGTERM with an idle connection open")
+    assert code == 0
+    # Well under the 30 s graceful timeout: the idle connection is dropped after ~2 s.
+    assert elapsed < 10, f"took {elapsed:.1f}s to exit"
+    assert "stopped" in server.log.read_text()
+
+
+def test_sigterm_lets_a_request_outlast_the_idle_window_while_dropping_idle_connections(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(tmp_path, policies=SHIPPED_POLICIES)
+    server.start()
+    body = json.dumps(review(pod())).encode()
+    results: list[int] = []
+
+    def slow_body() -> Iterator[bytes]:
+        yield body[:10]
+        time.sleep(4.0)  # in flight well past the ~2 s after which idle connections go
+        yield body[10:]
+
+    def send() -> None:
+        with server.client() as client:
+            results.append(client.post(server.url(), content=slow_body()).status_code)
+
+    idle = idle_keep_alive_connection(server)
+    sender = threading.Thread(target=send)
+    try:
+        sender.start()
+        time.sleep(0.4)
+        code = server.stop(signal.SIGTERM, timeout=60)
+        sender.join()
+    finally:
+        idle.close()
+    assert code == 0
+    assert results == [200]
 
 
 def test_a_missing_policies_directory_fails_fast_with_one_line(tmp_path: Path) -> None:
