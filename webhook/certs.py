@@ -10,7 +10,8 @@ import base64
 import datetime
 import ipaddress
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,17 +140,70 @@ def service_dns_names(service: str, namespace: str) -> list[str]:
     ]
 
 
-def generate(out: Path, *, service: str, namespace: str, days: int = DEFAULT_DAYS) -> str:
-    """Write `ca.crt`, `ca.key`, `tls.crt`, `tls.key` into `out`; return the base64 caBundle."""
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _check_dns_name(name: str) -> str:
+    """`name` as a DNS subjectAltName (a leading `*.` wildcard allowed); CertificateError if not."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        raise CertificateError(f"--dns {name!r} is an IP address: pass it with --ip instead")
+    labels = name.removeprefix("*.").split(".")
+    if len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise CertificateError(
+            f"--dns {name!r} is not a DNS name: use letters, digits, '-' and '.' "
+            "(a leading '*.' for a wildcard; punycode for non-ASCII), e.g. webhook.example.com"
+        )
+    return name
+
+
+def _check_ip_address(text: str) -> str:
+    """`text` as an IP subjectAltName, normalised; CertificateError naming it if it is not one."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        looks_like_a_name = ":" not in text and any(c.isalpha() for c in text)
+        hint = "; a host name goes in --dns" if looks_like_a_name else ""
+        raise CertificateError(
+            f"--ip {text!r} is not an IPv4 or IPv6 address like 10.0.0.5 or fd00::5{hint}"
+        ) from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise CertificateError(
+            f"--ip {text!r}: a certificate cannot name a zone; drop '%{address.scope_id}'"
+        )
+    return str(address)
+
+
+def _unique(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def generate(
+    out: Path,
+    *,
+    service: str,
+    namespace: str,
+    days: int = DEFAULT_DAYS,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+) -> str:
+    """Write `ca.crt`, `ca.key`, `tls.crt`, `tls.key` into `out`; return the base64 caBundle.
+
+    The serving certificate names the Service (see `service_dns_names`) and 127.0.0.1, then the
+    extra `dns_names` and `ip_addresses` (for a webhook reached by URL, outside the cluster).
+    """
     if days < 1:
         raise CertificateError(f"--days must be at least 1, not {days}")
+    dns = _unique([*service_dns_names(service, namespace), *map(_check_dns_name, dns_names)])
+    ips = _unique(["127.0.0.1", *map(_check_ip_address, ip_addresses)])
     try:
         out.mkdir(parents=True, exist_ok=True)
         ca = new_ca(f"{service}.{namespace} CA", days=days)
-        serving = issue(
-            ca, f"{service}.{namespace}.svc",
-            dns_names=service_dns_names(service, namespace), ip_addresses=["127.0.0.1"], days=days,
-        )
+        serving = issue(ca, f"{service}.{namespace}.svc", dns_names=dns, ip_addresses=ips,
+                        days=days)
         ca.write(out / "ca.crt", out / "ca.key")
         serving.write(out / "tls.crt", out / "tls.key")
     except OSError as exc:

@@ -220,10 +220,27 @@ def certs() -> None:
 @click.option("--service", required=True, help="The webhook's Service name.")
 @click.option("--namespace", required=True, help="The webhook's namespace.")
 @click.option("--days", default=365, show_default=True, type=int, help="Validity in days.")
-def generate(out: Path, service: str, namespace: str, days: int) -> None:
-    """Write a CA and a serving pair for SERVICE.NAMESPACE.svc; print the base64 caBundle."""
+@click.option("--dns", "dns_names", multiple=True, metavar="NAME",
+              help="An extra DNS name for the serving certificate, e.g. webhook.example.com or "
+                   "*.dev.example.com. Repeatable.")
+@click.option("--ip", "ip_addresses", multiple=True, metavar="ADDRESS",
+              help="An extra IP address for the serving certificate, e.g. 10.0.0.5. Repeatable.")
+def generate(*, out: Path, service: str, namespace: str, days: int,
+             dns_names: tuple[str, ...], ip_addresses: tuple[str, ...]) -> None:
+    """Write a CA and a serving pair for SERVICE.NAMESPACE.svc; print the base64 caBundle.
+
+    The serving certificate is valid for SERVICE, SERVICE.NAMESPACE, SERVICE.NAMESPACE.svc,
+    SERVICE.NAMESPACE.svc.cluster.local, localhost and 127.0.0.1, and for every --dns and --ip.
+    Add those when the apiserver reaches the webhook by another name or address: the chart's
+    webhook.url mode, a webhook run outside the cluster, an apiserver outside it. For example:
+
+    \b
+      sidecar-injector certs generate --out certs --service sidecar-injector \\
+        --namespace sidecar-injector --dns webhook.dev.example.com --ip 10.0.0.5
+    """
     try:
-        bundle = generate_certs(out, service=service, namespace=namespace, days=days)
+        bundle = generate_certs(out, service=service, namespace=namespace, days=days,
+                                dns_names=dns_names, ip_addresses=ip_addresses)
     except CertificateError as exc:
         _fail(str(exc), EXIT_USAGE)
     click.echo(bundle)

@@ -312,18 +312,36 @@ def load_policy_dir(directory: str | Path) -> PolicySet:
     root = Path(directory)
     if not root.is_dir():
         raise PolicyError([f"{root}: policies directory does not exist (pass --policies DIR)"])
+    # Every *.yaml/*.yml entry is a policy file: one that cannot be read (a directory, a broken
+    # symlink, no permission) is a problem, never silently skipped. Dot entries (a ConfigMap's
+    # `..data`) are not policies, and a link into `..data/` that points nowhere is a key the
+    # kubelet is removing (it swaps `..data`, then deletes the old links).
     files = sorted(
-        p for p in root.iterdir()
-        if p.suffix in POLICY_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        p for p in root.iterdir() if p.suffix in POLICY_SUFFIXES and not p.name.startswith(".")
     )
     loaded: dict[str, CompiledPolicy] = {}
     where: dict[str, str] = {}
     problems: list[str] = []
     for path in files:
         label = str(path)
+        if path.is_dir():
+            problems.append(f"{label}: is a directory, not a policy file; remove or rename it")
+            continue
+        if path.is_symlink() and not path.exists():
+            if str(path.readlink()).startswith("..data/"):
+                continue  # a ConfigMap key being removed: the kubelet swapped ..data first
+            problems.append(f"{label}: cannot read: a broken symbolic link to "
+                            f"{path.readlink()}; fix or remove it")
+            continue
+        if path.exists() and not path.is_file():  # a FIFO or socket would block or fail
+            problems.append(f"{label}: not a regular file; remove or rename it")
+            continue
         try:
             documents = load_documents(path.read_text(encoding="utf-8"), label)
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
+            problems.append(f"{label}: cannot read: {exc.strerror or exc}; fix or remove it")
+            continue
+        except UnicodeDecodeError as exc:
             problems.append(f"{label}: cannot read: {exc}")
             continue
         except InputError as exc:

@@ -184,3 +184,61 @@ def test_the_console_script_never_prints_a_traceback(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith(f"error: {bad}: cannot read: ")
+
+
+def _unreadable_entries(directory: Path) -> list[str]:
+    """A directory named like a policy file and a dangling symlink: neither can be read (as root,
+    chmod 000 would not do)."""
+    (directory / "bad.yaml").mkdir()
+    (directory / "gone.yml").symlink_to("missing.yaml")
+    return [f"{directory}/bad.yaml: is a directory, not a policy file; remove or rename it",
+            f"{directory}/gone.yml: cannot read: a broken symbolic link to missing.yaml; fix or "
+            "remove it"]
+
+
+def test_policies_check_names_every_unreadable_policy_file(policy_dir: Path) -> None:
+    expected = _unreadable_entries(policy_dir)
+    result = invoke("policies", "check", str(policy_dir))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == expected
+
+
+def test_inject_names_an_unreadable_policy_file(policy_dir: Path) -> None:
+    expected = _unreadable_entries(policy_dir)
+    result = invoke("inject", "-f", "-", "--policies", str(policy_dir), stdin=POD)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"error: {line}" for line in expected]
+
+
+def test_a_policy_file_without_permission_is_named(policy_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    denied = policy_dir / "logging.yaml"
+    real_read_text = Path.read_text
+
+    def read_text(self: Path, *args: object, **kwargs: object) -> str:
+        if self == denied:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    result = invoke("policies", "check", str(policy_dir))
+    assert (result.exit_code, result.stderr) == (
+        1, f"{denied}: cannot read: Permission denied; fix or remove it\n")
+
+
+def test_serve_names_an_unreadable_policy_file_and_exits_1(policy_dir: Path) -> None:
+    expected = _unreadable_entries(policy_dir)
+    done = subprocess.run([sys.executable, "-m", "webhook", "serve", "--policies",
+                           str(policy_dir), "--host", "127.0.0.1", "--port", "1"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"error: {line}" for line in expected]
+
+
+def test_serve_names_a_missing_policies_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    done = subprocess.run([sys.executable, "-m", "webhook", "serve", "--policies", str(missing),
+                           "--host", "127.0.0.1", "--port", "1"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert (done.returncode, done.stderr) == (
+        1, f"error: {missing}: policies directory does not exist (pass --policies DIR)\n")

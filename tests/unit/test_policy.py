@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WritePolicies
+from tests.conftest import SHIPPED_POLICIES, WritePolicies
 from webhook.errors import PolicyError
 from webhook.policy import PolicySet, SidecarMode, load_policy_dir, policy_schema
 
@@ -150,3 +150,15 @@ def test_the_published_schema_is_current() -> None:
 
 def test_the_shipped_policies_load(shipped: PolicySet) -> None:
     assert len(shipped) >= 11
+
+
+def test_a_configmap_key_being_removed_is_not_an_error(tmp_path: Path) -> None:
+    """The kubelet swaps `..data` first and removes the old key's link after: in between, the
+    link points into `..data/` at nothing. That is no broken policy file."""
+    root = tmp_path / "policies"
+    (root / "..v2").mkdir(parents=True)
+    (root / "..v2" / "logging.yaml").write_text((SHIPPED_POLICIES / "logging.yaml").read_text())
+    (root / "..data").symlink_to("..v2")
+    (root / "logging.yaml").symlink_to("..data/logging.yaml")
+    (root / "removed.yaml").symlink_to("..data/removed.yaml")
+    assert load_policy_dir(root).names() == ["logging"]
