@@ -1,7 +1,9 @@
-"""Rendering the chart with the project's own helm (built by `make tools`)."""
+"""Rendering the chart with the project's own helm (built by `make tools`): `bin/$HELM`, Helm 3
+(`helm`, the default) or Helm 4 (`helm4`)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 from typing import Any
@@ -11,11 +13,11 @@ import yaml
 from tests.conftest import ROOT
 
 CHART = ROOT / "charts" / "sidecar-injector"
-HELM = ROOT / "bin" / "helm"
+HELM = ROOT / "bin" / os.environ.get("HELM", "helm")
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run bin/helm; a missing binary is a failure (run `make tools`), never a skip."""
+    """Run bin/$HELM; a missing binary is a failure (run `make tools`), never a skip."""
     assert HELM.is_file(), f"{HELM} is missing: run `make tools`"
     return subprocess.run([str(HELM), *args], capture_output=True, text=True, check=check)
 

@@ -1,7 +1,8 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager.
 
 envtest-style: binaries come from `KUBEBUILDER_ASSETS` when it names a folder holding them, else
-from `bin/` (built from Go modules by `make tools`). Certificates are made with `webhook.certs`.
+from `bin/` (built from Go modules by `make tools`), for the Kubernetes version `K8S_VERSION`
+selects (default: the newest of tools/versions.env). Certificates are made with `webhook.certs`.
 Each component logs to `<artifacts>/<name>.log`; the fixture keeps them when a test fails.
 """
 
@@ -33,16 +34,37 @@ class ControlPlaneError(RuntimeError):
     """A component could not be found or started; the message says which and where its log is."""
 
 
-def binary_dir(names: Sequence[str] = ("etcd", "kube-apiserver")) -> Path:
-    """`KUBEBUILDER_ASSETS` if it holds `names`, else the project's `bin/`; fail if neither does."""
+def _versions_env() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "tools" / "versions.env").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            pins[key.strip()] = value.strip().strip('"')
+    return pins
+
+
+K8S_VERSIONS = tuple(_versions_env()["K8S_VERSIONS"].split())
+# `make e2e K8S_VERSION=v1.35.4` picks one of tools/versions.env's; the first is the default
+K8S_VERSION = os.environ.get("K8S_VERSION") or K8S_VERSIONS[0]
+PAIR = ("etcd", "kube-apiserver")
+
+
+def binary(name: str) -> Path:
+    """Where `name` comes from: `KUBEBUILDER_ASSETS` if it holds it (etcd and kube-apiserver
+    only as a pair, as envtest ships them), else `bin/` as `make tools` builds it (Kubernetes'
+    binaries under `bin/k8s/K8S_VERSION/`); fail naming both places if neither has it."""
     assets = os.environ.get("KUBEBUILDER_ASSETS")
-    candidates = [Path(assets)] if assets else []
-    candidates.append(ROOT / "bin")
+    candidates = []
+    if assets and all((Path(assets) / n).is_file() for n in (PAIR if name in PAIR else (name,))):
+        candidates.append(Path(assets) / name)
+    kubernetes = name.startswith("kube-") or name == "agnhost"
+    candidates.append(ROOT / "bin" / "k8s" / K8S_VERSION / name if kubernetes
+                      else ROOT / "bin" / name)
     for candidate in candidates:
-        if all((candidate / name).is_file() for name in names):
+        if candidate.is_file():
             return candidate
-    raise ControlPlaneError(f"{', '.join(names)} not found in {' or '.join(map(str, candidates))}: "
-                            "run `make tools` (or set KUBEBUILDER_ASSETS)")
+    raise ControlPlaneError(f"{name} not found at {candidates[-1]}: run `make tools "
+                            f"K8S_VERSION={K8S_VERSION}` (or set KUBEBUILDER_ASSETS)")
 
 
 @dataclass
@@ -97,27 +119,26 @@ class ControlPlane:
         return f"https://127.0.0.1:{self.apiserver_port}"
 
     def start(self, *, controller_manager: bool = True) -> None:
-        bins = binary_dir()
         self.workdir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.logs, ignore_errors=True)  # logs kept by a failed run are stale now
         self.logs.mkdir(parents=True)
         pki = self.workdir / "pki"
         pki.mkdir(exist_ok=True)
-        self._etcd(bins)
-        self._apiserver(bins, pki)
+        self._etcd()
+        self._apiserver(pki)
         if controller_manager:
-            self._controller_manager(binary_dir(("kube-controller-manager",)))
+            self._controller_manager()
 
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
 
-    def _etcd(self, bins: Path) -> None:
+    def _etcd(self) -> None:
         client, peer = free_port(), free_port()
         self.etcd_url = f"http://127.0.0.1:{client}"
         process = start("etcd", [
-            str(bins / "etcd"), "--name=e2e", f"--data-dir={self.workdir / 'etcd'}",
+            str(binary("etcd")), "--name=e2e", f"--data-dir={self.workdir / 'etcd'}",
             f"--listen-client-urls={self.etcd_url}", f"--advertise-client-urls={self.etcd_url}",
             f"--listen-peer-urls=http://127.0.0.1:{peer}",
             f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
@@ -127,7 +148,7 @@ class ControlPlane:
         self.processes.append(process)
         _wait(process, lambda: _http_ok(f"{self.etcd_url}/health"), 60)
 
-    def _apiserver(self, bins: Path, pki: Path) -> None:
+    def _apiserver(self, pki: Path) -> None:
         self.ca = ca = certs.new_ca("e2e-apiserver-ca")
         ca.write(pki / "ca.crt", pki / "ca.key")
         serving = certs.issue(ca, "localhost", dns_names=["localhost"], ip_addresses=["127.0.0.1"])
@@ -138,8 +159,11 @@ class ControlPlane:
         signing.write(pki / "sa.pub", pki / "sa.key")
         self.apiserver_port = port = free_port()
         process = start("kube-apiserver", [
-            str(bins / "kube-apiserver"), f"--etcd-servers={self.etcd_url}",
+            str(binary("kube-apiserver")), f"--etcd-servers={self.etcd_url}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
+            # 1.37 refuses a loopback advertise address for the endpoint reconciler of the
+            # `kubernetes` Service; nothing here reaches the apiserver through that Service
+            "--endpoint-reconciler-type=none",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}", "--service-cluster-ip-range=10.0.0.0/24",
@@ -155,9 +179,9 @@ class ControlPlane:
         context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
         _wait(process, lambda: _http_ok(f"{self.url}/readyz", context), 180)
 
-    def _controller_manager(self, bins: Path) -> None:
+    def _controller_manager(self) -> None:
         process = start("kube-controller-manager", [
-            str(bins / "kube-controller-manager"), f"--kubeconfig={self.kubeconfig}",
+            str(binary("kube-controller-manager")), f"--kubeconfig={self.kubeconfig}",
             "--leader-elect=false", f"--controllers={','.join(CONTROLLERS)}",
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
             f"--cert-dir={self.workdir / 'kcm'}",

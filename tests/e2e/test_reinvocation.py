@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import STATUS, NewNamespace, Register, Webhook, pod_manifest
-from tests.e2e.controlplane import ControlPlane, binary_dir, start
+from tests.e2e.controlplane import ControlPlane, binary, start
 from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.webhookconfig import INJECT
 from tests.serverproc import free_port, generate_certs
@@ -27,7 +27,7 @@ def agnhost(kube: Kube, control_plane: ControlPlane, register: Register,
     generate_certs(tmp_path / "certs", service="agnhost", namespace="default")
     port = free_port()
     process = start("agnhost", [
-        str(binary_dir(("agnhost",)) / "agnhost"), "webhook", f"--port={port}",
+        str(binary("agnhost")), "webhook", f"--port={port}",
         f"--tls-cert-file={tmp_path / 'certs' / 'tls.crt'}",
         f"--tls-private-key-file={tmp_path / 'certs' / 'tls.key'}",
         "--sidecar-image=registry.k8s.io/pause:3.10",
