@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test unit lint schema schema-check golden e2e tools image image-check chart-lint chart-template bench clean
+.PHONY: help install certs run test unit lint schema schema-check golden e2e e2e-all tools image image-local image-check dist chart-lint chart-template bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## create .venv and install the project with its pinned dependencies
 
-run: install ## run the webhook on https://127.0.0.1:8443 with dev certificates and the shipped policies
-	$(BIN)/sidecar-injector serve --host 127.0.0.1 --port 8443
+certs: install ## write a development CA and serving pair into certs/ once; later runs reuse them
+	@if [ -e certs/tls.crt ]; then echo "certs/: reusing the certificates there (delete them for new ones)"; \
+	else $(BIN)/sidecar-injector certs generate --out certs --service sidecar-injector --namespace default \
+		>/dev/null && echo "certs/: wrote ca.crt, ca.key, tls.crt, tls.key (see certs/README.md)"; fi
+
+run: certs ## run the webhook on https://127.0.0.1:8443 with certs/ and the shipped policies
+	$(BIN)/sidecar-injector serve --host 127.0.0.1 --port 8443 --tls-cert certs/tls.crt --tls-key certs/tls.key
 
 lint: install ## ruff and mypy --strict
 	$(BIN)/ruff check webhook tests bench
@@ -40,21 +45,42 @@ unit: install ## unit, golden, property and server integration tests (no apiserv
 
 test: lint schema-check unit ## everything CI runs before the end-to-end suite
 
-e2e: install tools ## the chart and end-to-end suites, through a real kube-apiserver
-	$(BIN)/pytest -q tests/chart tests/e2e
+# the Kubernetes versions the end-to-end suite runs on (tools/versions.env), newest first, and
+# the helm (bin/helm: Helm 3, bin/helm4: Helm 4) the chart suites use
+K8S_VERSIONS := $(shell . tools/versions.env && echo $$K8S_VERSIONS)
+K8S_VERSION ?= $(firstword $(K8S_VERSIONS))
+HELM ?= helm4
 
-tools: ## build etcd, kube-apiserver, kube-controller-manager, helm, agnhost into bin/
+e2e: image-local ## the chart and end-to-end suites through a real kube-apiserver (K8S_VERSION=, HELM=)
+	K8S_VERSION=$(K8S_VERSION) bash tools/build.sh
+	K8S_VERSION=$(K8S_VERSION) HELM=$(HELM) $(BIN)/pytest -q tests/chart tests/e2e
+
+e2e-all: ## make e2e on the newest supported Kubernetes with Helm 4, then the oldest with Helm 3
+	$(MAKE) e2e K8S_VERSION=$(firstword $(K8S_VERSIONS)) HELM=helm4
+	$(MAKE) e2e K8S_VERSION=$(lastword $(K8S_VERSIONS)) HELM=helm
+
+tools: ## build etcd, helm, helm4 and, for every K8S_VERSIONS, kube-apiserver, kube-controller-manager, agnhost into bin/
 	bash tools/build.sh
 
-IMAGE ?= ghcr.io/company/sidecar-injector:0.1.0
+# the one version: pyproject.toml's; the image tag, the chart's appVersion and the Dockerfile follow
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= ghcr.io/company/sidecar-injector:$(VERSION)
+# BASE: another base image for the Dockerfile (default: its official slim Python image)
+BASE ?=
 
-image: ## build the container image (needs docker, podman or buildah)
+image: ## build the image with docker, podman or buildah (BASE=... for another base image)
 	@engine=$$(command -v docker || command -v podman || command -v buildah) \
-		|| { echo "no container engine here: run 'make image-check' instead"; exit 1; }; \
-	$$engine build -t $(IMAGE) .
+		|| { echo "no container engine here: run 'make image-local' instead"; exit 1; }; \
+	$$engine build $(if $(BASE),--build-arg BASE=$(BASE)) --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
-image-check: install ## lint the Dockerfile and run its install steps in a clean virtualenv
-	bash tools/check-image.sh
+image-local: install ## build the image here without a registry: a local Debian base, buildah, podman
+	IMAGE=$(IMAGE) VERSION=$(VERSION) bash tools/image/build.sh
+
+image-check: image-local ## lint the Dockerfile, build it (image-local) and check the image starts
+
+dist: image-local ## wheel, sdist, packaged chart and OCI image archive in dist/
+	K8S_VERSION=$(K8S_VERSION) bash tools/build.sh  # for bin/helm
+	IMAGE=$(IMAGE) VERSION=$(VERSION) bash tools/image/dist.sh
 
 chart-lint: tools ## helm lint --strict the chart
 	bin/helm lint --strict charts/sidecar-injector

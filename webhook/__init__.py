@@ -1,3 +1,5 @@
 """Sidecar Injector: a Kubernetes mutating admission webhook driven by policy files."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("sidecar-injector")  # pyproject.toml holds the one version

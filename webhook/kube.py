@@ -105,7 +105,6 @@ class NamespaceDefaults:
                 if self.status != "connected":
                     log.info("watching namespaces", extra={"namespaces": len(self._policies)})
                 self.status = "connected"
-                backoff = 1.0
                 watcher: Any = cast(Any, watch).Watch()
                 stream = watcher.stream(api.list_namespace,
                                               resource_version=listed.metadata.resource_version,
@@ -114,9 +113,11 @@ class NamespaceDefaults:
                     if self._stop.is_set():
                         return
                     self._apply(event)
+                backoff = 1.0  # a watch that ran its course: the next list+watch is routine
             except Exception as exc:  # keep watching whatever the apiserver does
-                self.status = f"reconnecting: {exc}"
-                log.warning("namespace watch failed; retrying", extra={"reason": str(exc),
+                reason = _reason(exc)
+                self.status = f"reconnecting: {reason}"
+                log.warning("namespace watch failed; retrying", extra={"reason": reason,
                                                                        "retry_seconds": backoff})
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
@@ -132,3 +133,11 @@ class NamespaceDefaults:
     def _defaults(self, namespace: Any) -> tuple[str, ...]:
         annotations = namespace.metadata.annotations or {}
         return parse_policy_list(annotations.get(self.annotation, ""))
+
+
+def _reason(exc: Exception) -> str:
+    """One line: an API error's status and reason (its message), not its response headers."""
+    status = getattr(exc, "status", None)
+    if status is not None:
+        return f"{status} {getattr(exc, 'reason', '')}: {getattr(exc, 'body', '') or ''}".strip()
+    return str(exc)
