@@ -67,6 +67,8 @@ def injection_patch(pod: PodView, rendered: Rendered) -> list[Operation]:
                 rendered.mounts.get(index, []))
         _extend(ops, f"{base}/env", container.get("env"), rendered.env.get(index, []))
     _extend(ops, "/spec/volumes", pod.spec.get("volumes"), rendered.volumes)
+    if rendered.pod_resources is not None:
+        _replace(ops, "/spec/resources", rendered.pod_resources.values)
     return ops
 
 
@@ -106,7 +108,20 @@ def removal_patch(pod: PodView, status_key: str) -> list[Operation]:
         _drop_named(ops, f"{base}/env", container.get("env") or [],
                     set(_strings(env.get(container["name"]))))
     _drop_named(ops, "/spec/volumes", pod.volumes, set(_strings(status.get("volumes"))))
+    previous = _mapping(status.get("podResources"))
+    own = pod.spec.get("resources")
+    if previous and isinstance(own, dict):  # only values that are still there
+        _replace(ops, "/spec/resources", {
+            field: {name: value for name, value in _mapping(values).items()
+                    if isinstance(value, str) and name in _mapping(own.get(field))}
+            for field, values in previous.items()})
     return ops
+
+
+def _replace(ops: list[Operation], path: str, values: Mapping[str, Mapping[str, str]]) -> None:
+    """Replace existing `field -> key` values below `path` (pod-level requests and limits)."""
+    ops.extend({"op": "replace", "path": f"{path}/{field}/{escape(key)}", "value": value}
+               for field, keyed in values.items() for key, value in keyed.items())
 
 
 def _extend(ops: list[Operation], path: str, existing: Sequence[Any] | None,

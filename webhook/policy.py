@@ -66,6 +66,14 @@ class SidecarMode(StrEnum):
     CLASSIC = "classic"
 
 
+class PodResources(StrEnum):
+    """What a policy's containers do in a pod that sets pod-level `spec.resources`: `add` their
+    requests and limits to the pod's, or `share` the pod's envelope (no resources of their own)."""
+
+    ADD = "add"
+    SHARE = "share"
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
@@ -98,6 +106,7 @@ class PolicySpec(_Model):
     volume_mounts: list[PodVolumeMountRef] = Field(default_factory=list)
     env: list[EnvVar] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
+    pod_resources: PodResources = PodResources.ADD
     pod_annotations: dict[str, str] = Field(default_factory=dict)
     pod_labels: dict[str, str] = Field(default_factory=dict)
 
@@ -211,9 +220,13 @@ class CompiledPolicy:
     source: str
     position: Position
     mode: SidecarMode
+    pod_resources: PodResources
     init_containers: tuple[Template, ...]
     native_sidecars: tuple[Template, ...]
     classic_sidecars: tuple[Template, ...]
+    #: the same containers without `resources`, for a pod-level envelope they share (the same
+    #: tuples as above for a policy that adds to it)
+    shared: tuple[tuple[Template, ...], tuple[Template, ...], tuple[Template, ...]]
     volumes: tuple[Template, ...]
     mounts: tuple[PodMount, ...]
     env: tuple[Template, ...]
@@ -250,6 +263,20 @@ def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
         return result
 
     sidecars = [with_defaults(c) for c in spec.containers]
+    inits = [with_defaults(c) for c in spec.init_containers]
+    shapes = (
+        tuple(Template.of(c) for c in inits),
+        tuple(Template.of({**c, "restartPolicy": "Always"}) for c in sidecars),
+        tuple(Template.of(c) for c in sidecars),
+    )
+    shared = shapes
+    if spec.pod_resources is PodResources.SHARE:
+        shared = (
+            tuple(Template.of(_without_resources(c)) for c in inits),
+            tuple(Template.of({**_without_resources(c), "restartPolicy": "Always"})
+                  for c in sidecars),
+            tuple(Template.of(_without_resources(c)) for c in sidecars),
+        )
     mounts = []
     for raw in spec.volume_mounts:
         mount = {k: v for k, v in raw.items() if k != "containers"}
@@ -257,15 +284,21 @@ def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
         mounts.append(
             PodMount(Template.of(mount), None if "*" in selector else frozenset(selector))
         )
-    canonical = json.dumps(policy.model_dump(mode="json", by_alias=True), sort_keys=True)
+    dumped = policy.model_dump(mode="json", by_alias=True)
+    for key, default in _NEW_DEFAULTS.items():  # fields added later leave old revisions alone
+        if dumped["spec"].get(key) == default:
+            del dumped["spec"][key]
+    canonical = json.dumps(dumped, sort_keys=True)
     return CompiledPolicy(
         name=policy.metadata.name,
         source=source,
         position=spec.init_container_position,
         mode=spec.sidecar_mode,
-        init_containers=tuple(Template.of(with_defaults(c)) for c in spec.init_containers),
-        native_sidecars=tuple(Template.of({**c, "restartPolicy": "Always"}) for c in sidecars),
-        classic_sidecars=tuple(Template.of(c) for c in sidecars),
+        pod_resources=spec.pod_resources,
+        init_containers=shapes[0],
+        native_sidecars=shapes[1],
+        classic_sidecars=shapes[2],
+        shared=shared,
         volumes=tuple(Template.of(copy.deepcopy(v)) for v in spec.volumes),
         mounts=tuple(mounts),
         env=tuple(Template.of(copy.deepcopy(e)) for e in spec.env),
@@ -273,6 +306,15 @@ def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
         pod_labels={k: Template.of(v) for k, v in spec.pod_labels.items()},
         digest=hashlib.sha256(canonical.encode()).hexdigest(),
     )
+
+
+#: spec fields newer than the first release, with their defaults: left out of `revision` when
+#: at their default, so that upgrading the injector does not make every injected pod look stale
+_NEW_DEFAULTS = {"podResources": PodResources.ADD.value}
+
+
+def _without_resources(container: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in container.items() if key != "resources"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from webhook.podresources import PodLevelChange, grow, pod_level
 from webhook.policy import (
     JSON_PLACEHOLDER,
     PLACEHOLDER,
     CompiledPolicy,
+    PodResources,
     Position,
     RawJSON,
     SidecarMode,
@@ -100,6 +102,7 @@ class Rendered:
     env: dict[int, list[RawJSON]] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    pod_resources: PodLevelChange | None = None
     applied: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     denial: str | None = None
@@ -145,21 +148,30 @@ def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOpti
         "policies": [p.name for p in chosen], "initContainers": [], "containers": [],
         "volumes": [], "env": {}, "volumeMounts": {}, "podAnnotations": [], "podLabels": [],
     }
+    envelope = pod_level(pod.spec) is not None
+    added: dict[str, list[Any]] = {"front": [], "back": [], "containers": []}  # values, in order
     for policy in chosen:
         native = sidecars_native(policy, options.kube_version)
-        init = [substitute(t) for t in policy.init_containers]
-        sidecars = [substitute(t) for t in (policy.native_sidecars if native
-                                             else policy.classic_sidecars)]
-        target = out.init_front if policy.position is Position.FIRST else out.init_back
-        target.extend(init)
-        if native:
-            target.extend(sidecars)
-        else:
-            out.containers.extend(sidecars)
+        inits, natives, classics = (
+            policy.shared if envelope and policy.pod_resources is PodResources.SHARE
+            else (policy.init_containers, policy.native_sidecars, policy.classic_sidecars))
+        templates = [*inits, *natives] if native else list(inits)
+        side = "front" if policy.position is Position.FIRST else "back"
+        (out.init_front if side == "front" else out.init_back).extend(
+            substitute(t) for t in templates)
+        added[side] += [t.value for t in templates]
+        if not native:
+            out.containers.extend(substitute(t) for t in classics)
+            added["containers"] += [t.value for t in classics]
         status["initContainers"] += policy.init_container_names
         status["containers"] += policy.sidecar_names
         out.volumes.extend(substitute(t) for t in policy.volumes)
         status["volumes"] += policy.volume_names
+    if envelope:
+        out.pod_resources = grow(pod.spec, init_front=added["front"], init_back=added["back"],
+                                 containers=added["containers"])
+        if out.pod_resources is not None:
+            status["podResources"] = out.pod_resources.previous
     _render_mounts(pod, chosen, substitute, out, status)
     _render_env(pod, chosen, substitute, out, status)
     _render_metadata(pod, chosen, substitute, out, status, status_key=options.status_key)
