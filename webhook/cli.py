@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import click
+import jsonpatch
 
 from webhook import __version__
 from webhook.certs import generate as generate_certs
+from webhook.engine import EngineConfig, mutate
 from webhook.errors import CertificateError, InputError, PolicyError
 from webhook.offline import inject_text
-from webhook.policy import load_policy_dir, policy_schema
+from webhook.podsecurity import Level, compliant_pod, new_violations
+from webhook.policy import PolicySet, load_policy_dir, policy_schema
 from webhook.selection import parse_policy_list
 from webhook.settings import ENV_PREFIX, Settings, shipped_policies
 
@@ -187,16 +190,47 @@ def policies() -> None:
 
 @policies.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-def check(directory: Path) -> None:
-    """Validate every policy in DIRECTORY; print each problem as file:line: message."""
+@click.option("--pod-security", type=click.Choice(["baseline", "restricted"]), default=None,
+              help="Also inject each policy into a minimal pod that meets this Pod Security "
+                   "level and report every violation the injection adds.")
+def check(directory: Path, pod_security: str | None) -> None:
+    """Validate every policy in DIRECTORY; print each problem as file:line: message.
+
+    With --pod-security LEVEL, a policy whose injection would make a compliant pod break LEVEL
+    is a problem too: `FILE:LINE: policy NAME breaks Pod Security level LEVEL: MESSAGE`.
+    """
     try:
         loaded = load_policy_dir(directory)
     except PolicyError as exc:
         for problem in exc.problems:
             click.echo(problem, err=True)
         sys.exit(EXIT_DENIED)
+    if pod_security is not None:
+        problems = _pod_security_problems(loaded, Level(pod_security))
+        for problem in problems:
+            click.echo(problem, err=True)
+        if problems:
+            sys.exit(EXIT_DENIED)
     names = ", ".join(loaded.names()) or "none"
     click.echo(f"{directory}: {len(loaded)} policies OK ({names})")
+
+
+def _pod_security_problems(loaded: PolicySet, level: Level) -> list[str]:
+    """Inject each policy alone into a pod that meets `level`; what that adds, per policy."""
+    config = EngineConfig()
+    problems = []
+    for name in loaded.names():
+        policy = loaded[name]
+        pod = compliant_pod(level, annotations={config.selection.keys.inject: name})
+        outcome = mutate(pod, namespace="pod-security-check", policies=loaded, config=config)
+        if outcome.policies != (name,):
+            problems.append(f"{policy.source}: policy {name} could not be injected into a "
+                            f"sample pod: {outcome.message or outcome.result}")
+            continue
+        injected = jsonpatch.apply_patch(pod, outcome.patch)
+        problems += [f"{policy.source}: policy {name} breaks Pod Security level {level}: "
+                     f"{violation}" for violation in new_violations(pod, injected, level)]
+    return problems
 
 
 @policies.command()

@@ -13,8 +13,9 @@ import yaml
 from click.testing import CliRunner, Result
 from cryptography import x509
 
-from tests.conftest import WritePolicies
+from tests.conftest import ROOT, WritePolicies
 from tests.unit.test_engine import LOGGING
+from tests.unit.test_podsecurity import PRIVILEGED_POLICIES
 from webhook.cli import cli
 
 STATUS = "sidecar.company.com/status"
@@ -242,3 +243,61 @@ def test_serve_names_a_missing_policies_directory(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=False, timeout=60)
     assert (done.returncode, done.stderr) == (
         1, f"error: {missing}: policies directory does not exist (pass --policies DIR)\n")
+
+
+@pytest.mark.parametrize("level", ["baseline", "restricted"])
+def test_policies_check_finds_the_shipped_policies_hardened_for_pod_security(
+        level: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    result = invoke("policies", "check", "policies", "--pod-security", level)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout.startswith("policies: 11 policies OK (adapter, ")
+
+
+PSA_BREAKS = {
+    "baseline": [
+        ("node-exporter", 'hostPathVolumes: hostPath volumes (volume "proc")'),
+        ("node-exporter", 'hostPathVolumes: hostPath volumes (volume "sys")'),
+        ("security-scanner", 'privileged: container "security-scanner" must not set '
+                             "securityContext.privileged=true"),
+    ],
+    "restricted": [
+        ("node-exporter", 'restrictedVolumes: volume "proc" uses restricted volume type '
+                          '"hostPath"'),
+        ("node-exporter", 'restrictedVolumes: volume "sys" uses restricted volume type '
+                          '"hostPath"'),
+        ("security-scanner", 'privileged: container "security-scanner" must not set '
+                             "securityContext.privileged=true"),
+        ("security-scanner", 'allowPrivilegeEscalation: container "security-scanner" must set '
+                             "securityContext.allowPrivilegeEscalation=false"),
+        ("security-scanner", 'capabilities_restricted: container "security-scanner" must set '
+                             'securityContext.capabilities.drop=["ALL"]'),
+        ("security-scanner", 'runAsNonRoot: pod or container "security-scanner" must set '
+                             "securityContext.runAsNonRoot=true"),
+        ("security-scanner", 'seccompProfile_restricted: pod or container "security-scanner" '
+                             'must set securityContext.seccompProfile.type to "RuntimeDefault" '
+                             'or "Localhost"'),
+    ],
+}
+
+
+@pytest.mark.parametrize("level", sorted(PSA_BREAKS))
+def test_policies_check_names_file_line_and_check_of_a_policy_that_breaks_pod_security(
+        level: str, write_policies: WritePolicies) -> None:
+    hardened = (ROOT / "policies" / "logging.yaml").read_text(encoding="utf-8")
+    directory = write_policies(logging=hardened, **PRIVILEGED_POLICIES)
+    result = invoke("policies", "check", str(directory), "--pod-security", level)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"{directory}/{name}.yaml:4: policy {name} breaks Pod Security level {level}: {message}"
+        for name, message in PSA_BREAKS[level]]
+    assert result.stdout == ""
+
+
+def test_policies_check_without_pod_security_ignores_it(write_policies: WritePolicies) -> None:
+    result = invoke("policies", "check", str(write_policies(**PRIVILEGED_POLICIES)))
+    assert result.exit_code == 0, result.stderr
+
+
+def test_policies_check_help_names_pod_security() -> None:
+    assert "--pod-security [baseline|restricted]" in invoke("policies", "check", "-h").stdout
