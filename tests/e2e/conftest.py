@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.controlplane import ROOT, ControlPlane
+from tests.e2e.controlplane import K8S_VERSION, ROOT, ControlPlane
 from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.webhookconfig import INJECT, RELEASE_NAMESPACE, webhook_configuration
 from tests.serverproc import ServerProcess
 
 STATUS = "sidecar.company.com/status"
 POLICIES = ROOT / "policies"
-ARTIFACTS = ROOT / "artifacts" / "e2e"
+ARTIFACTS = ROOT / "artifacts" / "e2e" / K8S_VERSION  # a failed run's logs, per version
 
 
 @pytest.fixture(scope="session")
