@@ -75,7 +75,9 @@ def _serve_option(name: str, **kwargs: Any) -> Decorator:
 @_serve_option("--prefix", help="Annotation and label prefix [default: sidecar.company.com].")
 @_serve_option("--kubeconfig", type=click.Path(path_type=Path),
                help="Kubeconfig for the Namespace watch [default: in-cluster config, if any].")
-@_serve_option("--strict/--no-strict", help="Deny pods that name an unknown policy.")
+@_serve_option("--strict/--no-strict",
+               help="Deny pods that name an unknown policy, or whose injection would break "
+                    "their namespace's Pod Security level.")
 @_serve_option("--on-conflict", type=click.Choice(["deny", "skip"]),
                help="On a name clash: deny the pod, or skip that policy with a warning.")
 @_serve_option("--max-body-bytes", type=int, help="Largest request body [default: 3 MiB].")
@@ -120,13 +122,18 @@ def _first_error(exc: ValueError) -> str:
               help="The namespace's default policies (what P/policies on it would say).")
 @click.option("--kube-version", default=None, help="Cluster version for sidecarMode: auto.")
 @click.option("--prefix", default=None, help="Annotation and label prefix.")
-@click.option("--strict", is_flag=True, help="Deny pods that name an unknown policy.")
+@click.option("--strict", is_flag=True,
+              help="Deny pods that name an unknown policy or break --pod-security.")
 @click.option("--on-conflict", type=click.Choice(["deny", "skip"]), default="deny",
               show_default=True, help="On a name clash: deny, or skip that policy.")
+@click.option("--pod-security", type=click.Choice([level.value for level in Level]),
+              default=None, help="The Pod Security level the namespace enforces (its "
+              "pod-security.kubernetes.io/enforce label): a policy that would make a compliant "
+              "pod break it is skipped (denied with --strict).")
 @click.option("--remove", is_flag=True, help="Undo the injection recorded in P/status.")
 def inject(*, source: str, policies_dir: Path | None, default_policies: str,
            namespace_policies: str | None, kube_version: str | None, prefix: str | None,
-           strict: bool, on_conflict: str, remove: bool) -> None:
+           strict: bool, on_conflict: str, pod_security: str | None, remove: bool) -> None:
     """Inject Pods and pod templates in a manifest offline; write YAML to stdout.
 
     Reads Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs and Lists,
@@ -150,7 +157,8 @@ def inject(*, source: str, policies_dir: Path | None, default_policies: str,
     ns_policies = parse_policy_list(namespace_policies) if namespace_policies is not None else None
     try:
         report = inject_text(text, source=_label(source), policies=policies, config=config,
-                             namespace_policies=ns_policies, remove=remove)
+                             namespace_policies=ns_policies, remove=remove,
+                             pod_security=Level(pod_security) if pod_security else None)
     except InputError as exc:
         _fail(str(exc), EXIT_USAGE)
     click.echo(report.output, nl=False)

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import jsonpatch
+
 from webhook.patch import Operation, injection_patch, removal_patch, serialize, stamp_patch
-from webhook.policy import PolicySet
+from webhook.podsecurity import Level, new_violations
+from webhook.policy import CompiledPolicy, PolicySet
 from webhook.render import (
     InvalidPodError,
     OnConflict,
@@ -86,8 +89,10 @@ def mutate(
     policies: PolicySet,
     config: EngineConfig,
     namespace_policies: Sequence[str] | None = None,
+    pod_security: Level | None = None,
 ) -> Outcome:
-    """Decide for `pod` in `namespace` and build the patch; `namespace_policies` None = unknown."""
+    """Decide for `pod` in `namespace` and build the patch; `namespace_policies` None = unknown;
+    `pod_security` is the level the namespace enforces (None: none, or not known)."""
     if config.selection.untouched(namespace):  # decided before the pod is even read
         return Outcome(Skip(SkipReason.SYSTEM_NAMESPACE))
     try:
@@ -103,14 +108,48 @@ def mutate(
         return Outcome(decision, warnings=decision.warnings)
     options = RenderOptions(status_key=keys.status, inject_key=keys.inject,
                             on_conflict=config.on_conflict, kube_version=config.kube_version)
-    rendered = render(view, [policies[name] for name in decision.policies], options)
-    warnings = (*decision.warnings, *rendered.warnings)
+    chosen = [policies[name] for name in decision.policies]
+    refused: dict[str, str] = {}
+    refusals: list[str] = []
+    if pod_security in (Level.BASELINE, Level.RESTRICTED):
+        for policy, problem in _pod_security_problems(pod, view, chosen, options, pod_security):
+            refused[policy.name] = SkipReason.POD_SECURITY.value
+            refusals.append(problem)
+        if refusals and config.selection.strict:
+            return Outcome(Deny("; ".join(refusals), decision.warnings),
+                           warnings=decision.warnings)
+        chosen = [policy for policy in chosen if policy.name not in refused]
+        if not chosen:
+            warnings = (*decision.warnings, *refusals)
+            return _skip(view, Skip(SkipReason.POD_SECURITY, warnings), keys.status)
+    rendered = render(view, chosen, replace(options, refused=refused))
+    warnings = (*decision.warnings, *refusals, *rendered.warnings)
     if rendered.denial is not None:
         return Outcome(Deny(rendered.denial, warnings), warnings=warnings)
     if not rendered.applied:
         return _skip(view, Skip(SkipReason.CONFLICT, warnings), keys.status)
     applied = Inject(tuple(rendered.applied), warnings)
     return Outcome(applied, injection_patch(view, rendered), warnings)
+
+
+def _pod_security_problems(pod: dict[str, Any], view: PodView, chosen: Sequence[CompiledPolicy],
+                           options: RenderOptions, level: Level,
+                           ) -> list[tuple[CompiledPolicy, str]]:
+    """The policies that, each applied alone, would make `pod` break `level` (what it already
+    breaks is the apiserver's business, not ours), with the warning that says so."""
+    problems = []
+    for policy in chosen:
+        rendered = render(view, [policy], options)
+        if rendered.denial is not None or not rendered.applied:
+            continue  # a clash: rendering them together reports it
+        after = jsonpatch.apply_patch(pod, json.loads(serialize(injection_patch(view, rendered))))
+        found = new_violations(pod, after, level)
+        if found:
+            problems.append((policy, (
+                f"pod {view.name}: injection policy {policy.name!r} skipped: it would break "
+                f"the namespace's Pod Security level {level.value!r}: "
+                + "; ".join(map(str, found)))))
+    return problems
 
 
 def unmutate(pod: Any, *, namespace: str, config: EngineConfig) -> list[Operation]:

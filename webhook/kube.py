@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from webhook.podsecurity import ENFORCE_LABEL, Level, parse_level
 from webhook.selection import parse_policy_list
 
 log = logging.getLogger("sidecar_injector.kube")
@@ -32,6 +33,8 @@ class NamespaceDefaults:
         self.on_version = on_version
         self.status = "not started"
         self._policies: dict[str, tuple[str, ...]] = {}
+        self._levels: dict[str, Level] = {}
+        self._invalid_levels: set[tuple[str, str]] = set()  # logged once each
         self._synced = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -41,6 +44,12 @@ class NamespaceDefaults:
         if not self._synced.is_set():
             return None
         return self._policies.get(namespace, ())
+
+    def pod_security(self, namespace: str) -> Level | None:
+        """The Pod Security level the namespace enforces; None without a label, or unknown."""
+        if not self._synced.is_set():
+            return None
+        return self._levels.get(namespace)
 
     @property
     def connected(self) -> bool:
@@ -100,7 +109,9 @@ class NamespaceDefaults:
             try:
                 self._report_version()
                 listed = api.list_namespace(_request_timeout=30)
-                self._policies = {ns.metadata.name: self._defaults(ns) for ns in listed.items}
+                self._policies, self._levels = {}, {}
+                for namespace in listed.items:
+                    self._remember(namespace)
                 self._synced.set()
                 if self.status != "connected":
                     log.info("watching namespaces", extra={"namespaces": len(self._policies)})
@@ -127,12 +138,25 @@ class NamespaceDefaults:
         name = namespace.metadata.name
         if event["type"] == "DELETED":
             self._policies.pop(name, None)
+            self._levels.pop(name, None)
         else:
-            self._policies[name] = self._defaults(namespace)
+            self._remember(namespace)
 
-    def _defaults(self, namespace: Any) -> tuple[str, ...]:
+    def _remember(self, namespace: Any) -> None:
+        name = namespace.metadata.name
         annotations = namespace.metadata.annotations or {}
-        return parse_policy_list(annotations.get(self.annotation, ""))
+        self._policies[name] = parse_policy_list(annotations.get(self.annotation, ""))
+        label: str | None = (namespace.metadata.labels or {}).get(ENFORCE_LABEL)
+        level = parse_level(label)
+        if level is None or label is None:
+            self._levels.pop(name, None)
+            return
+        self._levels[name] = level
+        if label != level.value and (name, label) not in self._invalid_levels:
+            self._invalid_levels.add((name, label))
+            log.warning("namespace has an invalid Pod Security level: enforced as restricted, "
+                        "as the apiserver does", extra={"namespace": name, "label": ENFORCE_LABEL,
+                                                        "value": label})
 
 
 def _reason(exc: Exception) -> str:

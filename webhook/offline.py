@@ -15,6 +15,7 @@ import jsonpatch
 
 from webhook.engine import EngineConfig, mutate, unmutate
 from webhook.errors import InputError
+from webhook.podsecurity import Level
 from webhook.policy import PolicySet
 from webhook.workloads import PodSlot, pod_slots
 from webhook.yamlsource import dump_documents, load_documents
@@ -40,6 +41,7 @@ def inject_text(
     policies: PolicySet,
     config: EngineConfig,
     namespace_policies: Sequence[str] | None = None,
+    pod_security: Level | None = None,
     remove: bool = False,
 ) -> Report:
     """Inject (or remove) every pod in the YAML `text`; InputError if it cannot be read."""
@@ -57,7 +59,7 @@ def inject_text(
                 _remove(slot, config, where, report)
                 continue
             outcome = mutate(pod, namespace=slot.namespace, policies=policies, config=config,
-                             namespace_policies=namespace_policies)
+                             namespace_policies=namespace_policies, pod_security=pod_security)
             report.warnings.extend(f"{where}: {w}" for w in outcome.warnings)
             if not outcome.allowed:
                 report.errors.append(f"{where}: denied: {outcome.message}")

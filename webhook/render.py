@@ -116,6 +116,8 @@ class RenderOptions:
     inject_key: str
     on_conflict: OnConflict = "deny"
     kube_version: tuple[int, int] | None = None
+    #: policies the engine left out before rendering, and why (recorded in the stamp)
+    refused: Mapping[str, str] = field(default_factory=dict)
 
 
 def sidecars_native(policy: CompiledPolicy, kube_version: tuple[int, int] | None) -> bool:
@@ -175,6 +177,8 @@ def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOpti
     _render_mounts(pod, chosen, substitute, out, status)
     _render_env(pod, chosen, substitute, out, status)
     _render_metadata(pod, chosen, substitute, out, status, status_key=options.status_key)
+    if options.refused:
+        status["refused"] = dict(options.refused)
     status["revision"] = revision(chosen)
     out.applied = status["policies"]
     out.annotations[options.status_key] = json.dumps(status, separators=(",", ":"),

@@ -47,10 +47,13 @@ class Runtime:
         if not review.is_pod_create:
             self.metrics.record("passthrough", (), time.perf_counter() - started)
             return allow(review.uid)
-        namespace_policies = (self.namespaces.lookup(review.namespace)
-                              if self.namespaces is not None else None)
+        namespaces = self.namespaces
         outcome = mutate(review.object, namespace=review.namespace, policies=self.policies,
-                         config=self.config, namespace_policies=namespace_policies)
+                         config=self.config,
+                         namespace_policies=namespaces.lookup(review.namespace)
+                         if namespaces is not None else None,
+                         pod_security=namespaces.pod_security(review.namespace)
+                         if namespaces is not None else None)
         response = answer(review.uid, outcome)
         elapsed = time.perf_counter() - started
         self.metrics.record(outcome.result, outcome.policies, elapsed)

@@ -29,12 +29,12 @@ import httpx
 import pytest
 import yaml
 
-from tests.chart.helm import of_kind, render
+from tests.chart.helm import render
 from tests.e2e.conftest import STATUS, pod_manifest
 from tests.e2e.controlplane import ROOT, ControlPlane
 from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.kubelet import Container, Kubelet, podman
-from tests.e2e.webhookconfig import CONFIG_NAME, INJECT
+from tests.e2e.webhookconfig import INJECT, instead_of_the_suites_webhook, webhook_configuration
 from tests.serverproc import free_port, generate_certs
 
 pytestmark = pytest.mark.e2e
@@ -156,10 +156,10 @@ def test_the_image_runs_as_the_charts_pod_injects_and_stops_cleanly(
     assert checks.returncode == 0, checks.stdout + checks.stderr
     assert checks.stdout.split() == ["65532", "65532"]
 
-    saved = _take_out_the_suite_webhook(kube)
-    config = _url_webhook_configuration(f"https://127.0.0.1:{chart.port}/mutate", chart.ca_bundle)
-    kube.apply_mutating_webhook(config)
-    try:
+    config = webhook_configuration(url=f"https://127.0.0.1:{chart.port}/mutate",
+                                   ca_bundle=chart.ca_bundle, failure_policy="Fail",
+                                   release=RELEASE, namespace=NAMESPACE)
+    with instead_of_the_suites_webhook(kube, config):
         namespace = kube.ensure_namespace(
             "image-e2e-app", labels={INJECT: "enabled"},
             annotations={"sidecar.company.com/policies": "logging,metrics-exporter"})
@@ -168,10 +168,6 @@ def test_the_image_runs_as_the_charts_pod_injects_and_stops_cleanly(
         wait_for(lambda: _applied(kube, namespace) == ["logging", "metrics-exporter"], 60,
                  "the containerised webhook to inject the namespace's default policies")
         stored, _ = kube.create_pod(namespace, pod_manifest("image-injected"))
-    finally:
-        kube.delete_mutating_webhook(config["metadata"]["name"])
-        if saved is not None:
-            kube.apply_mutating_webhook(saved)
     status = json.loads(stored["metadata"]["annotations"][STATUS])
     assert status["policies"] == ["logging", "metrics-exporter"]
     names = [c["name"] for c in [*stored["spec"].get("initContainers", []),
@@ -198,25 +194,3 @@ def _applied(kube: Kube, namespace: str) -> list[str] | None:
         return None
     stamp = (created["metadata"].get("annotations") or {}).get(STATUS)
     return json.loads(stamp)["policies"] if stamp else None
-
-
-def _url_webhook_configuration(url: str, ca_bundle: str) -> dict[str, Any]:
-    objects = render({"webhook.url": url, "webhook.caBundle": ca_bundle,
-                      "webhook.failurePolicy": "Fail", "guard.enabled": "false"},
-                     namespace=NAMESPACE, release=RELEASE)
-    (config,) = of_kind(objects, "MutatingWebhookConfiguration")
-    return config
-
-
-def _take_out_the_suite_webhook(kube: Kube) -> dict[str, Any] | None:
-    """Remove the suite's own webhook configuration, if registered; what to put back."""
-    try:
-        current = kube.plain(kube.admission.read_mutating_webhook_configuration(CONFIG_NAME))
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        return None
-    kube.delete_mutating_webhook(CONFIG_NAME)
-    metadata = current["metadata"]
-    current["metadata"] = {"name": metadata["name"], "labels": metadata.get("labels") or {}}
-    return current

@@ -4,9 +4,12 @@ install)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tests.chart.helm import of_kind, render
+from tests.e2e.kube import ApiException, Kube
 
 RELEASE = "e2e"
 CONFIG_NAME = f"{RELEASE}-sidecar-injector"
@@ -14,11 +17,37 @@ RELEASE_NAMESPACE = "sidecar-injector"
 INJECT = "sidecar.company.com/inject"
 
 
-def webhook_configuration(*, url: str, ca_bundle: str, failure_policy: str) -> dict[str, Any]:
+def webhook_configuration(*, url: str, ca_bundle: str, failure_policy: str,
+                          release: str = RELEASE, namespace: str = RELEASE_NAMESPACE,
+                          ) -> dict[str, Any]:
     """The chart's webhook configuration for a webhook at `url`."""
     objects = render({"webhook.url": url, "webhook.caBundle": ca_bundle,
                       "webhook.failurePolicy": failure_policy, "guard.enabled": "false"},
-                     namespace=RELEASE_NAMESPACE, release=RELEASE)
+                     namespace=namespace, release=release)
     (config,) = of_kind(objects, "MutatingWebhookConfiguration")
-    assert config["metadata"]["name"] == CONFIG_NAME
+    assert config["metadata"]["name"] == f"{release}-sidecar-injector"
     return config
+
+
+@contextmanager
+def instead_of_the_suites_webhook(kube: Kube, config: dict[str, Any]) -> Iterator[None]:
+    """Register `config` as the only webhook while the block runs; put the suite's own
+    configuration back after, if it was registered."""
+    saved: dict[str, Any] | None = None
+    try:
+        current = kube.plain(kube.admission.read_mutating_webhook_configuration(CONFIG_NAME))
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    else:
+        kube.delete_mutating_webhook(CONFIG_NAME)
+        metadata = current["metadata"]
+        saved = {**current, "metadata": {"name": metadata["name"],
+                                         "labels": metadata.get("labels") or {}}}
+    kube.apply_mutating_webhook(config)
+    try:
+        yield
+    finally:
+        kube.delete_mutating_webhook(config["metadata"]["name"])
+        if saved is not None:
+            kube.apply_mutating_webhook(saved)
