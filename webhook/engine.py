@@ -12,13 +12,14 @@ is not a pod) or a `Skip`, never an exception.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jsonpatch
 
 from webhook.patch import Operation, injection_patch, removal_patch, serialize, stamp_patch
+from webhook.platform import pod_os
 from webhook.podsecurity import Level, new_violations
 from webhook.policy import CompiledPolicy, PolicySet
 from webhook.render import (
@@ -111,17 +112,17 @@ def mutate(
     chosen = [policies[name] for name in decision.policies]
     refused: dict[str, str] = {}
     refusals: list[str] = []
-    if pod_security in (Level.BASELINE, Level.RESTRICTED):
-        for policy, problem in _pod_security_problems(pod, view, chosen, options, pod_security):
-            refused[policy.name] = SkipReason.POD_SECURITY.value
+    for reason, problems in _left_out(pod, view, chosen, options, pod_security):
+        if reason is SkipReason.POD_SECURITY and problems and config.selection.strict:
+            message = "; ".join(problem for _, problem in problems)
+            return Outcome(Deny(message, decision.warnings), warnings=decision.warnings)
+        for policy, problem in problems:
+            refused[policy.name] = reason.value
             refusals.append(problem)
-        if refusals and config.selection.strict:
-            return Outcome(Deny("; ".join(refusals), decision.warnings),
-                           warnings=decision.warnings)
         chosen = [policy for policy in chosen if policy.name not in refused]
         if not chosen:
             warnings = (*decision.warnings, *refusals)
-            return _skip(view, Skip(SkipReason.POD_SECURITY, warnings), keys.status)
+            return _skip(view, Skip(reason, warnings), keys.status)
     rendered = render(view, chosen, replace(options, refused=refused))
     warnings = (*decision.warnings, *refusals, *rendered.warnings)
     if rendered.denial is not None:
@@ -132,9 +133,28 @@ def mutate(
     return Outcome(applied, injection_patch(view, rendered), warnings)
 
 
+Problems = list[tuple[CompiledPolicy, str]]
+
+
+def _left_out(pod: dict[str, Any], view: PodView, chosen: Sequence[CompiledPolicy],
+              options: RenderOptions, pod_security: Level | None,
+              ) -> Iterator[tuple[SkipReason, Problems]]:
+    """The rules that leave a requested policy out, in order: each with the policies it leaves
+    out of those still chosen (the caller drops them before the next rule runs)."""
+    system = pod_os(view.spec)
+    yield SkipReason.UNSUPPORTED_OS, [
+        (policy, f"pod {view.name}: injection policy {policy.name!r} skipped: it supports "
+                 f"{', '.join(sorted(policy.systems))}, and the pod runs on {system.value}")
+        for policy in chosen if system not in policy.systems]
+    if pod_security in (Level.BASELINE, Level.RESTRICTED):
+        still = [policy for policy in chosen if system in policy.systems]
+        yield SkipReason.POD_SECURITY, _pod_security_problems(pod, view, still, options,
+                                                              pod_security)
+
+
 def _pod_security_problems(pod: dict[str, Any], view: PodView, chosen: Sequence[CompiledPolicy],
                            options: RenderOptions, level: Level,
-                           ) -> list[tuple[CompiledPolicy, str]]:
+                           ) -> Problems:
     """The policies that, each applied alone, would make `pod` break `level` (what it already
     breaks is the apiserver's business, not ours), with the warning that says so."""
     problems = []

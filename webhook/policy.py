@@ -13,7 +13,7 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
@@ -26,6 +26,7 @@ from pydantic.alias_generators import to_camel
 
 from webhook import k8s_schema
 from webhook.errors import InputError, PolicyError
+from webhook.platform import OperatingSystem, for_windows
 from webhook.yamlsource import Document, format_path, load_documents
 
 API_VERSION = "sidecar.company.com/v1alpha1"
@@ -107,6 +108,8 @@ class PolicySpec(_Model):
     env: list[EnvVar] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
     pod_resources: PodResources = PodResources.ADD
+    os: list[OperatingSystem] = Field(default_factory=lambda: [OperatingSystem.LINUX],
+                                      min_length=1)
     pod_annotations: dict[str, str] = Field(default_factory=dict)
     pod_labels: dict[str, str] = Field(default_factory=dict)
 
@@ -199,6 +202,9 @@ class Template:
         return cls(value, RawJSON(text), JSON_PLACEHOLDER.search(text) is not None)
 
 
+Shapes = tuple[tuple[Template, ...], tuple[Template, ...], tuple[Template, ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class PodMount:
     """A volumeMount for the pod's own containers; `containers` None means all of them."""
@@ -224,9 +230,11 @@ class CompiledPolicy:
     init_containers: tuple[Template, ...]
     native_sidecars: tuple[Template, ...]
     classic_sidecars: tuple[Template, ...]
-    #: the same containers without `resources`, for a pod-level envelope they share (the same
-    #: tuples as above for a policy that adds to it)
-    shared: tuple[tuple[Template, ...], tuple[Template, ...], tuple[Template, ...]]
+    #: (init containers, native sidecars, classic sidecars) by (shares the pod's envelope,
+    #: for a Windows pod): without `resources` in a pod-level envelope it shares, without the
+    #: Linux-only securityContext fields in a Windows pod
+    variants: Mapping[tuple[bool, bool], Shapes]
+    systems: frozenset[OperatingSystem]
     volumes: tuple[Template, ...]
     mounts: tuple[PodMount, ...]
     env: tuple[Template, ...]
@@ -264,19 +272,11 @@ def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
 
     sidecars = [with_defaults(c) for c in spec.containers]
     inits = [with_defaults(c) for c in spec.init_containers]
-    shapes = (
-        tuple(Template.of(c) for c in inits),
-        tuple(Template.of({**c, "restartPolicy": "Always"}) for c in sidecars),
-        tuple(Template.of(c) for c in sidecars),
-    )
-    shared = shapes
-    if spec.pod_resources is PodResources.SHARE:
-        shared = (
-            tuple(Template.of(_without_resources(c)) for c in inits),
-            tuple(Template.of({**_without_resources(c), "restartPolicy": "Always"})
-                  for c in sidecars),
-            tuple(Template.of(_without_resources(c)) for c in sidecars),
-        )
+    variants = {(shared, windows): _shapes(
+        inits, sidecars, shared=shared and spec.pod_resources is PodResources.SHARE,
+        windows=windows and OperatingSystem.WINDOWS in spec.os)
+        for shared in (False, True) for windows in (False, True)}
+    shapes = variants[(False, False)]
     mounts = []
     for raw in spec.volume_mounts:
         mount = {k: v for k, v in raw.items() if k != "containers"}
@@ -298,7 +298,8 @@ def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
         init_containers=shapes[0],
         native_sidecars=shapes[1],
         classic_sidecars=shapes[2],
-        shared=shared,
+        variants=variants,
+        systems=frozenset(spec.os),
         volumes=tuple(Template.of(copy.deepcopy(v)) for v in spec.volumes),
         mounts=tuple(mounts),
         env=tuple(Template.of(copy.deepcopy(e)) for e in spec.env),
@@ -310,11 +311,20 @@ def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
 
 #: spec fields newer than the first release, with their defaults: left out of `revision` when
 #: at their default, so that upgrading the injector does not make every injected pod look stale
-_NEW_DEFAULTS = {"podResources": PodResources.ADD.value}
+_NEW_DEFAULTS: dict[str, Any] = {"podResources": PodResources.ADD.value,
+                                 "os": [OperatingSystem.LINUX.value]}
 
 
-def _without_resources(container: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in container.items() if key != "resources"}
+def _shapes(inits: list[dict[str, Any]], sidecars: list[dict[str, Any]], *, shared: bool,
+            windows: bool) -> Shapes:
+    def shape(container: dict[str, Any]) -> dict[str, Any]:
+        if shared:
+            container = {key: value for key, value in container.items() if key != "resources"}
+        return for_windows(container) if windows else container
+
+    return (tuple(Template.of(shape(c)) for c in inits),
+            tuple(Template.of({**shape(c), "restartPolicy": "Always"}) for c in sidecars),
+            tuple(Template.of(shape(c)) for c in sidecars))
 
 
 @dataclass(frozen=True, slots=True)

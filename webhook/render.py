@@ -13,12 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from webhook.platform import OperatingSystem, pod_os
 from webhook.podresources import PodLevelChange, grow, pod_level
 from webhook.policy import (
     JSON_PLACEHOLDER,
     PLACEHOLDER,
     CompiledPolicy,
-    PodResources,
     Position,
     RawJSON,
     SidecarMode,
@@ -151,12 +151,11 @@ def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOpti
         "volumes": [], "env": {}, "volumeMounts": {}, "podAnnotations": [], "podLabels": [],
     }
     envelope = pod_level(pod.spec) is not None
+    windows = pod_os(pod.spec) is OperatingSystem.WINDOWS
     added: dict[str, list[Any]] = {"front": [], "back": [], "containers": []}  # values, in order
     for policy in chosen:
         native = sidecars_native(policy, options.kube_version)
-        inits, natives, classics = (
-            policy.shared if envelope and policy.pod_resources is PodResources.SHARE
-            else (policy.init_containers, policy.native_sidecars, policy.classic_sidecars))
+        inits, natives, classics = policy.variants[(envelope, windows)]
         templates = [*inits, *natives] if native else list(inits)
         side = "front" if policy.position is Position.FIRST else "back"
         (out.init_front if side == "front" else out.init_back).extend(

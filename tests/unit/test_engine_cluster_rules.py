@@ -1,5 +1,7 @@
-"""The engine in a namespace that enforces a Pod Security level: a policy that would make a
-compliant pod break it is skipped with a warning (denied with --strict); the rest still apply."""
+"""The cluster's rules that leave a requested policy out: in a namespace that enforces a Pod
+Security level, a policy that would make a compliant pod break it is skipped with a warning
+(denied with --strict); a Windows pod gets no Linux-only policy, and a policy for Windows loses its
+Linux-only securityContext fields there. The other policies still apply."""
 
 from __future__ import annotations
 
@@ -85,3 +87,66 @@ def test_the_pods_own_violations_are_not_blamed_on_the_policy(policies: PolicySe
     pod["spec"]["containers"][0]["securityContext"]["privileged"] = True
     outcome, _ = run(policies, "logging", Level.BASELINE, pod=pod)
     assert outcome.policies == ("logging",)
+
+
+WINDOWS_AGENT = """\
+apiVersion: sidecar.company.com/v1alpha1
+kind: InjectionPolicy
+metadata: {name: win-agent}
+spec:
+  os: [linux, windows]
+  containers:
+    - name: win-agent
+      image: agent:1
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 1000
+        allowPrivilegeEscalation: false
+        capabilities: {drop: [ALL]}
+        seccompProfile: {type: RuntimeDefault}
+        windowsOptions: {runAsUserName: ContainerUser}
+"""
+
+
+def windows_pod(inject: str, *, by: str = "os") -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [{"name": "app", "image": "app:1"}]}
+    if by == "os":
+        spec["os"] = {"name": "windows"}
+    else:
+        spec["nodeSelector"] = {"kubernetes.io/os": "windows"}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "win", "annotations": {KEY: inject}}, "spec": spec}
+
+
+@pytest.mark.parametrize("by", ["os", "nodeSelector"])
+def test_a_windows_pod_gets_no_linux_policy(policies: PolicySet, by: str) -> None:
+    outcome, pod = run(policies, "logging", None, pod=windows_pod("logging", by=by))
+    assert isinstance(outcome.decision, Skip)
+    assert outcome.decision.reason is SkipReason.UNSUPPORTED_OS
+    assert json.loads(pod["metadata"]["annotations"][STATUS])["skipped"] == "unsupported-os"
+    (warning,) = outcome.warnings
+    assert "'logging'" in warning
+    assert "windows" in warning
+
+
+def test_a_policy_for_windows_loses_its_linux_only_fields_in_a_windows_pod(
+    write_policies: WritePolicies,
+) -> None:
+    logging = (SHIPPED_POLICIES / "logging.yaml").read_text()
+    policies = load_policy_dir(write_policies(**{"win-agent": WINDOWS_AGENT, "logging": logging}))
+    outcome, pod = run(policies, "win-agent,logging", None, pod=windows_pod("win-agent,logging"))
+    assert outcome.policies == ("win-agent",)
+    assert json.loads(pod["metadata"]["annotations"][STATUS])["refused"] == {
+        "logging": "unsupported-os"}
+    (agent,) = pod["spec"]["initContainers"]
+    assert agent["securityContext"] == {"runAsNonRoot": True,
+                                        "windowsOptions": {"runAsUserName": "ContainerUser"}}
+
+
+def test_a_policy_for_windows_keeps_its_fields_in_a_linux_pod(
+    write_policies: WritePolicies,
+) -> None:
+    policies = load_policy_dir(write_policies(**{"win-agent": WINDOWS_AGENT}))
+    _, pod = run(policies, "win-agent", None)
+    (agent,) = pod["spec"]["initContainers"]
+    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
