@@ -67,6 +67,9 @@ def injection_patch(pod: PodView, rendered: Rendered) -> list[Operation]:
                 rendered.mounts.get(index, []))
         _extend(ops, f"{base}/env", container.get("env"), rendered.env.get(index, []))
     _extend(ops, "/spec/volumes", pod.spec.get("volumes"), rendered.volumes)
+    listed = pod.spec.get("imagePullSecrets")
+    _extend(ops, "/spec/imagePullSecrets", listed if isinstance(listed, list) else None,
+            rendered.pull_secrets)
     if rendered.pod_resources is not None:
         _replace(ops, "/spec/resources", rendered.pod_resources.values)
     return ops
@@ -108,6 +111,9 @@ def removal_patch(pod: PodView, status_key: str) -> list[Operation]:
         _drop_named(ops, f"{base}/env", container.get("env") or [],
                     set(_strings(env.get(container["name"]))))
     _drop_named(ops, "/spec/volumes", pod.volumes, set(_strings(status.get("volumes"))))
+    listed = pod.spec.get("imagePullSecrets")
+    _drop_named(ops, "/spec/imagePullSecrets", listed if isinstance(listed, list) else [],
+                set(_strings(status.get("imagePullSecrets"))))
     previous = _mapping(status.get("podResources"))
     own = pod.spec.get("resources")
     if previous and isinstance(own, dict):  # only values that are still there

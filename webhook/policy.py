@@ -32,6 +32,7 @@ from webhook.yamlsource import Document, format_path, load_documents
 API_VERSION = "sidecar.company.com/v1alpha1"
 KIND = "InjectionPolicy"
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 POLICY_SUFFIXES = (".yaml", ".yml")
 
 _DEFS = "#/$defs/"
@@ -88,6 +89,12 @@ class Resources(_Model):
     limits: QuantityMap = Field(default_factory=dict)
 
 
+class SecretReference(_Model):
+    """An image pull secret, by name, in the pod's namespace."""
+
+    name: Annotated[str, Field(pattern=DNS1123_SUBDOMAIN, max_length=253)]
+
+
 class Metadata(_Model):
     """The policy's name (what annotations refer to) and optional labels and annotations."""
 
@@ -110,6 +117,7 @@ class PolicySpec(_Model):
     pod_resources: PodResources = PodResources.ADD
     os: list[OperatingSystem] = Field(default_factory=lambda: [OperatingSystem.LINUX],
                                       min_length=1)
+    image_pull_secrets: list[SecretReference] = Field(default_factory=list)
     pod_annotations: dict[str, str] = Field(default_factory=dict)
     pod_labels: dict[str, str] = Field(default_factory=dict)
 
@@ -235,6 +243,7 @@ class CompiledPolicy:
     #: Linux-only securityContext fields in a Windows pod
     variants: Mapping[tuple[bool, bool], Shapes]
     systems: frozenset[OperatingSystem]
+    pull_secrets: tuple[str, ...]
     volumes: tuple[Template, ...]
     mounts: tuple[PodMount, ...]
     env: tuple[Template, ...]
@@ -300,6 +309,7 @@ def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
         classic_sidecars=shapes[2],
         variants=variants,
         systems=frozenset(spec.os),
+        pull_secrets=tuple(dict.fromkeys(ref.name for ref in spec.image_pull_secrets)),
         volumes=tuple(Template.of(copy.deepcopy(v)) for v in spec.volumes),
         mounts=tuple(mounts),
         env=tuple(Template.of(copy.deepcopy(e)) for e in spec.env),
@@ -312,7 +322,7 @@ def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
 #: spec fields newer than the first release, with their defaults: left out of `revision` when
 #: at their default, so that upgrading the injector does not make every injected pod look stale
 _NEW_DEFAULTS: dict[str, Any] = {"podResources": PodResources.ADD.value,
-                                 "os": [OperatingSystem.LINUX.value]}
+                                 "os": [OperatingSystem.LINUX.value], "imagePullSecrets": []}
 
 
 def _shapes(inits: list[dict[str, Any]], sidecars: list[dict[str, Any]], *, shared: bool,

@@ -103,6 +103,7 @@ class Rendered:
     annotations: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     pod_resources: PodLevelChange | None = None
+    pull_secrets: list[dict[str, str]] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     denial: str | None = None
@@ -173,6 +174,7 @@ def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOpti
                                  containers=added["containers"])
         if out.pod_resources is not None:
             status["podResources"] = out.pod_resources.previous
+    _render_pull_secrets(pod, chosen, out, status)
     _render_mounts(pod, chosen, substitute, out, status)
     _render_env(pod, chosen, substitute, out, status)
     _render_metadata(pod, chosen, substitute, out, status, status_key=options.status_key)
@@ -188,6 +190,19 @@ def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOpti
 def skipped_status(reason: str) -> str:
     """The `P/status` value for a pod the webhook decided not to inject."""
     return json.dumps({"policies": [], "skipped": reason}, separators=(",", ":"))
+
+
+def _render_pull_secrets(pod: PodView, chosen: Sequence[CompiledPolicy], out: Rendered,
+                         status: dict[str, Any]) -> None:
+    """Image pull secrets the pod does not list yet, once each, in policy order."""
+    listed = pod.spec.get("imagePullSecrets")
+    have = {ref.get("name") for ref in listed if isinstance(ref, dict)} if isinstance(
+        listed, list) else set()
+    added = [name for policy in chosen for name in policy.pull_secrets]
+    added = [name for name in dict.fromkeys(added) if name not in have]
+    if added:
+        out.pull_secrets = [{"name": name} for name in added]
+        status["imagePullSecrets"] = added
 
 
 def _render_mounts(pod: PodView, chosen: Sequence[CompiledPolicy], substitute: _Substitution,
