@@ -17,8 +17,9 @@ import jsonschema
 from kubernetes.utils.quantity import parse_quantity
 from referencing import Registry, Resource
 
-#: The Kubernetes release whose API schema injected objects are checked against.
-KUBERNETES_VERSION = "1.34.0"
+#: The Kubernetes release whose API schema policies and injected objects are checked against: the
+#: oldest supported minor, so that nothing a policy adds is unknown to a supported apiserver.
+KUBERNETES_VERSION = "1.35.0"
 
 CONTAINER = "io.k8s.api.core.v1.Container"
 VOLUME = "io.k8s.api.core.v1.Volume"
