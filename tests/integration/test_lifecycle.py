@@ -155,22 +155,28 @@ def test_a_rotated_certificate_is_served_without_a_failed_request(tmp_path: Path
     assert sent[0] > 20
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path, policies=SHIPPED_POLICIES)
-    server.start()
+def slow_sender(server: ServerProcess, pause: float, results: list[int]) -> threading.Thread:
+    """A thread that posts a review whose body pauses `pause` seconds after its first bytes,
+    so that it is in flight when SIGTERM arrives; it appends the status code to `results`."""
     body = json.dumps(review(pod())).encode()
-    results: list[int] = []
 
     def slow_body() -> Iterator[bytes]:
         yield body[:10]
-        time.sleep(1.0)  # SIGTERM arrives while this request is in flight
+        time.sleep(pause)
         yield body[10:]
 
     def send() -> None:
         with server.client() as client:
             results.append(client.post(server.url(), content=slow_body()).status_code)
 
-    senders = [threading.Thread(target=send) for _ in range(3)]
+    return threading.Thread(target=send)
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, policies=SHIPPED_POLICIES)
+    server.start()
+    results: list[int] = []
+    senders = [slow_sender(server, 1.0, results) for _ in range(3)]
     for sender in senders:
         sender.start()
     time.sleep(0.4)
@@ -224,20 +230,10 @@ def test_sigterm_lets_a_request_outlast_the_idle_window_while_dropping_idle_conn
 ) -> None:
     server = ServerProcess(tmp_path, policies=SHIPPED_POLICIES)
     server.start()
-    body = json.dumps(review(pod())).encode()
     results: list[int] = []
-
-    def slow_body() -> Iterator[bytes]:
-        yield body[:10]
-        time.sleep(4.0)  # in flight well past the ~2 s after which idle connections go
-        yield body[10:]
-
-    def send() -> None:
-        with server.client() as client:
-            results.append(client.post(server.url(), content=slow_body()).status_code)
-
     idle = idle_keep_alive_connection(server)
-    sender = threading.Thread(target=send)
+    # in flight well past the ~2 s after which idle connections go
+    sender = slow_sender(server, 4.0, results)
     try:
         sender.start()
         time.sleep(0.4)
