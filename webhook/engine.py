@@ -3,7 +3,9 @@
 Every caller (the server's `/mutate`, the `inject` CLI, the end-to-end suite) goes through
 `mutate`, which reads as the whole pipeline:
 
-    read the pod -> decide (selection) -> render the additions -> build the patch -> outcome
+    read the pod -> decide (selection) -> leave out what the cluster's rules forbid (a policy
+    for another operating system, one that would break the namespace's Pod Security level)
+    -> render the additions -> build the patch -> outcome
 
 It is pure: no I/O, no web framework, no Kubernetes client. Bad input is a `Deny` (an object that
 is not a pod) or a `Skip`, never an exception.
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jsonpatch
+import jsonpointer
 
 from webhook.patch import Operation, injection_patch, removal_patch, serialize, stamp_patch
 from webhook.platform import pod_os
@@ -162,7 +165,11 @@ def _pod_security_problems(pod: dict[str, Any], view: PodView, chosen: Sequence[
         rendered = render(view, [policy], options)
         if rendered.denial is not None or not rendered.applied:
             continue  # a clash: rendering them together reports it
-        after = jsonpatch.apply_patch(pod, json.loads(serialize(injection_patch(view, rendered))))
+        ops = json.loads(serialize(injection_patch(view, rendered)))
+        try:
+            after = jsonpatch.apply_patch(pod, ops)
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException):
+            continue  # a pod the patch cannot apply to is refused by the apiserver anyway
         found = new_violations(pod, after, level)
         if found:
             problems.append((policy, (

@@ -10,8 +10,11 @@ from typing import Any
 
 import jsonpatch
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import SHIPPED_POLICIES, WritePolicies
+from tests.integration.test_fuzz import JSON
 from webhook.engine import EngineConfig, mutate
 from webhook.podsecurity import Level, compliant_pod
 from webhook.policy import PolicySet, load_policy_dir
@@ -150,3 +153,32 @@ def test_a_policy_for_windows_keeps_its_fields_in_a_linux_pod(
     _, pod = run(policies, "win-agent", None)
     (agent,) = pod["spec"]["initContainers"]
     assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+JUNK_PATHS = [("spec", "securityContext"), ("spec", "os"), ("spec", "nodeSelector"),
+              ("spec", "resources"), ("spec", "imagePullSecrets"), ("spec", "hostNetwork"),
+              ("spec", "volumes"), ("spec", "initContainers"), ("metadata", "labels")]
+
+
+@pytest.fixture(scope="module")
+def scanner_and_logging(tmp_path_factory: pytest.TempPathFactory) -> PolicySet:
+    directory = tmp_path_factory.mktemp("policies")
+    (directory / "scanner.yaml").write_text(SCANNER)
+    (directory / "logging.yaml").write_text((SHIPPED_POLICIES / "logging.yaml").read_text())
+    return load_policy_dir(directory)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(JUNK_PATHS), junk=JSON,
+       level=st.sampled_from([None, Level.BASELINE, Level.RESTRICTED]),
+       strict=st.booleans(), container_junk=JSON)
+def test_junk_in_the_fields_these_rules_read_never_raises(
+    scanner_and_logging: PolicySet, path: tuple[str, str], junk: Any, level: Level | None,
+    strict: bool, container_junk: Any,
+) -> None:
+    pod = compliant_pod(Level.RESTRICTED, annotations={KEY: "scanner,logging"})
+    pod[path[0]][path[1]] = junk
+    pod["spec"]["containers"][0]["securityContext"] = container_junk
+    outcome = mutate(pod, namespace="shop", policies=scanner_and_logging, pod_security=level,
+                     config=EngineConfig(selection=Selection(strict=strict)))
+    assert outcome.result  # a decision, whatever it is
