@@ -24,7 +24,8 @@ from typing import Any
 from webhook.k8s_schema import quantity
 
 Amounts = dict[str, Decimal]
-_BINARY = (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10))
+_BINARY = (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20),
+           ("Ki", 2**10))
 
 
 @dataclass(frozen=True, slots=True)

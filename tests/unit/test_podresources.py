@@ -172,3 +172,15 @@ def test_a_sharing_policy_keeps_its_resources_in_a_pod_without_an_envelope(
     after = jsonpatch.apply_patch(plain, outcome.patch)
     (agent,) = after["spec"]["initContainers"]
     assert agent["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}
+
+
+def test_a_policy_with_absurd_resources_still_gives_an_answer(
+    write_policies: WritePolicies,
+) -> None:
+    huge = AGENT.format(mode="add").replace("64Mi", "8Ei").replace("200m", "1000000000")
+    policies = load_policy_dir(write_policies(agent=huge))
+    before = pod({"requests": {"cpu": "100m", "memory": "7Ei"}, "limits": {"memory": "8Ei"}})
+    outcome = mutate(copy.deepcopy(before), namespace="shop", policies=policies,
+                     config=EngineConfig())
+    after = jsonpatch.apply_patch(before, outcome.patch)
+    assert after["spec"]["resources"]["requests"]["memory"] == "15Ei"
