@@ -13,7 +13,7 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
@@ -196,18 +196,74 @@ class RawJSON(str):
     __slots__ = ()
 
 
+FieldPath = tuple[str | int, ...]
+Expanded = Callable[[FieldPath], bool]
+
+
+def _never(_: FieldPath) -> bool:
+    return False
+
+
+def container_expansion(path: FieldPath) -> bool:
+    """Where the kubelet expands `$(VAR)` in a container: `command`, `args`, `env[].value` and
+    `volumeMounts[].subPathExpr`."""
+    return (len(path) == 2 and path[0] in ("command", "args")) or (
+        len(path) == 3 and (path[0], path[2]) in (("env", "value"),
+                                                  ("volumeMounts", "subPathExpr")))
+
+
+def env_expansion(path: FieldPath) -> bool:
+    """Where the kubelet expands `$(VAR)` in an EnvVar: its `value`."""
+    return path == ("value",)
+
+
 @dataclass(frozen=True, slots=True)
 class Template:
-    """An object a policy adds: its value, its JSON text, and whether placeholders are in it."""
+    """An object a policy adds: its value, its JSON text, whether placeholders are in it, and
+    the spans of that text the kubelet will `$(VAR)`-expand (where substituted pod metadata must
+    be escaped, so that a pod's author cannot make it read the container's environment)."""
 
     value: Any
     text: RawJSON
     has_placeholders: bool
+    expanded: tuple[tuple[int, int], ...] = ()
 
     @classmethod
-    def of(cls, value: Any) -> Template:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        return cls(value, RawJSON(text), JSON_PLACEHOLDER.search(text) is not None)
+    def of(cls, value: Any, expansion: Expanded = _never) -> Template:
+        spans: list[tuple[int, int]] = []
+        text = _dumps(value, (), expansion, spans, 0)
+        has = JSON_PLACEHOLDER.search(text) is not None
+        return cls(value, RawJSON(text), has, tuple(spans) if has else ())
+
+    def in_expanded(self, offset: int) -> bool:
+        """Whether `offset` of the text lies in a string the kubelet expands."""
+        return any(start <= offset < end for start, end in self.expanded)
+
+
+def _dumps(value: Any, path: FieldPath, expansion: Expanded, spans: list[tuple[int, int]],
+           start: int) -> str:
+    """`json.dumps(value, separators=(",", ":"), ensure_ascii=False)`, recording where the
+    strings at the paths `expansion` accepts lie in it, for a text that begins at `start`."""
+    if isinstance(value, dict):
+        text = "{"
+        for index, (key, item) in enumerate(value.items()):
+            text += ("," if index else "") + _plain(key) + ":"
+            text += _dumps(item, (*path, key), expansion, spans, start + len(text))
+        return text + "}"
+    if isinstance(value, list):
+        text = "["
+        for index, item in enumerate(value):
+            text += "," if index else ""
+            text += _dumps(item, (*path, index), expansion, spans, start + len(text))
+        return text + "]"
+    text = _plain(value)
+    if isinstance(value, str) and expansion(path):
+        spans.append((start, start + len(text)))
+    return text
+
+
+def _plain(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 Shapes = tuple[tuple[Template, ...], tuple[Template, ...], tuple[Template, ...]]
@@ -312,7 +368,7 @@ def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
         pull_secrets=tuple(dict.fromkeys(ref.name for ref in spec.image_pull_secrets)),
         volumes=tuple(Template.of(copy.deepcopy(v)) for v in spec.volumes),
         mounts=tuple(mounts),
-        env=tuple(Template.of(copy.deepcopy(e)) for e in spec.env),
+        env=tuple(Template.of(copy.deepcopy(e), env_expansion) for e in spec.env),
         pod_annotations={k: Template.of(v) for k, v in spec.pod_annotations.items()},
         pod_labels={k: Template.of(v) for k, v in spec.pod_labels.items()},
         digest=hashlib.sha256(canonical.encode()).hexdigest(),
@@ -332,9 +388,10 @@ def _shapes(inits: list[dict[str, Any]], sidecars: list[dict[str, Any]], *, shar
             container = {key: value for key, value in container.items() if key != "resources"}
         return for_windows(container) if windows else container
 
-    return (tuple(Template.of(shape(c)) for c in inits),
-            tuple(Template.of({**shape(c), "restartPolicy": "Always"}) for c in sidecars),
-            tuple(Template.of(shape(c)) for c in sidecars))
+    return (tuple(Template.of(shape(c), container_expansion) for c in inits),
+            tuple(Template.of({**shape(c), "restartPolicy": "Always"}, container_expansion)
+                  for c in sidecars),
+            tuple(Template.of(shape(c), container_expansion) for c in sidecars))
 
 
 @dataclass(frozen=True, slots=True)

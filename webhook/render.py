@@ -310,10 +310,20 @@ class _Substitution:
         }
 
     def __call__(self, template: Template) -> RawJSON:
-        """The template's JSON text with placeholders evaluated (JSON-escaped)."""
+        """The template's JSON text with placeholders evaluated (JSON-escaped; in a string the
+        kubelet `$(VAR)`-expands, `$` doubled, so that pod metadata stays literal there)."""
         if not template.has_placeholders:
             return template.text
-        return RawJSON(JSON_PLACEHOLDER.sub(self._replace_in_json, template.text))
+        if not template.expanded:
+            return RawJSON(JSON_PLACEHOLDER.sub(self._replace_in_json, template.text))
+
+        def replace(match: re.Match[str]) -> str:
+            value = self._replace(match)
+            if template.in_expanded(match.start()):
+                value = value.replace("$", "$$")
+            return json.dumps(value, ensure_ascii=False)[1:-1]
+
+        return RawJSON(JSON_PLACEHOLDER.sub(replace, template.text))
 
     def text(self, template: Template) -> str:
         """A plain string value (an annotation or label) with placeholders evaluated."""

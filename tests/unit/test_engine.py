@@ -291,3 +291,37 @@ def test_a_trailing_slash_does_not_make_a_second_mount_on_the_same_path(
     _, out = run(policies, obj)
     paths = [m["mountPath"] for m in out["spec"]["containers"][0]["volumeMounts"]]
     assert paths == ["/var/log/app/", "/logs-web-only"]
+
+
+KUBELET = """\
+apiVersion: sidecar.company.com/v1alpha1
+kind: InjectionPolicy
+metadata: {name: registrar}
+spec:
+  containers:
+    - name: registrar
+      image: "registrar:${pod.annotations['tag']}"
+      command: ["/bin/register", "--tags=${pod.annotations['tags']}", "--pod=$(POD_NAME)"]
+      env:
+        - {name: TOKEN, valueFrom: {secretKeyRef: {name: consul, key: token}}}
+        - {name: TAGS, value: "${pod.annotations['tags']}"}
+  env: [{name: REGISTERED_AS, value: "${pod.annotations['tags']}"}]
+  podAnnotations: {"registrar/tags": "${pod.annotations['tags']}"}
+"""
+
+
+def test_pod_metadata_is_escaped_where_the_kubelet_expands_and_nowhere_else(
+    write_policies: WritePolicies,
+) -> None:
+    policies = load_policy_dir(write_policies(registrar=KUBELET))
+    obj = pod()
+    obj["metadata"]["annotations"].update({KEY: "registrar", "tags": "a,$(TOKEN),$$x",
+                                           "tag": "1.0$(TOKEN)"})
+    _, out = run(policies, obj)
+    (agent,) = out["spec"]["initContainers"]
+    assert agent["command"] == ["/bin/register", "--tags=a,$$(TOKEN),$$$$x", "--pod=$(POD_NAME)"]
+    assert agent["env"][1] == {"name": "TAGS", "value": "a,$$(TOKEN),$$$$x"}
+    assert agent["image"] == "registrar:1.0$(TOKEN)"  # never expanded: written as it is
+    app_env = {e["name"]: e.get("value") for e in out["spec"]["containers"][0]["env"]}
+    assert app_env["REGISTERED_AS"] == "a,$$(TOKEN),$$$$x"
+    assert out["metadata"]["annotations"]["registrar/tags"] == "a,$(TOKEN),$$x"
