@@ -81,6 +81,12 @@ def _serve_option(name: str, **kwargs: Any) -> Decorator:
 @_serve_option("--on-conflict", type=click.Choice(["deny", "skip"]),
                help="On a name clash: deny the pod, or skip that policy with a warning.")
 @_serve_option("--max-body-bytes", type=int, help="Largest request body [default: 3 MiB].")
+@_serve_option("--request-timeout", type=float,
+               help="Seconds a client has to send a request's headers and body, from connecting "
+                    "or from its last response; slower ones are disconnected [default: 10].")
+@_serve_option("--max-connections", type=int,
+               help="Open connections kept at most; past it the newest idle ones are closed "
+                    "[default: 4096].")
 @_serve_option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
                help="Log level [default: info].")
 @_serve_option("--kube-version", help="Cluster version for sidecarMode: auto [default: native].")

@@ -28,29 +28,39 @@ GRACEFUL_SHUTDOWN_SECONDS = 30
 # How long, after SIGTERM, an idle connection may take to finish its TLS close before it is
 # dropped; requests in flight keep the whole GRACEFUL_SHUTDOWN_SECONDS.
 IDLE_CLOSE_SECONDS = 2.0
+WATCH_SECONDS = 0.25  # how often connections are looked at
 
 
 class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after its graceful shutdown (exit 143); a drained webhook exits
-    0 instead, so the kubelet and tests see a clean stop."""
+    """uvicorn's server, plus what a webhook on every pod's path needs of it: a client must
+    send its request (headers and body) within `request_timeout` of connecting or of its last
+    response; no more than `max_connections` are kept open (those that waited longest for a
+    request go first); idle connections go IDLE_CLOSE_SECONDS after SIGTERM; and a drained
+    server exits 0 (uvicorn re-raises SIGTERM after its graceful shutdown: exit 143), so the
+    kubelet and tests see a clean stop."""
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
 
-    def __init__(self, config: uvicorn.Config, runtime: Runtime, reloader: Reloader) -> None:
+    def __init__(self, config: uvicorn.Config, runtime: Runtime, reloader: Reloader, *,
+                 request_timeout: float, max_connections: int) -> None:
         super().__init__(config)
         self.runtime = runtime
         self.reloader = reloader
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self.closing = False
+        self._watcher: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.reloader.loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
         self.runtime.tls_ready = self.started
+        self._watcher = asyncio.create_task(self._watch_connections())
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's shutdown, plus dropping connections that stay idle for
-        IDLE_CLOSE_SECONDS.
+        """uvicorn's shutdown, with idle connections dropped after IDLE_CLOSE_SECONDS.
 
         uvicorn's `Server.shutdown` calls each connection's `shutdown()`, which for an idle
         keep-alive connection is `transport.close()`, then waits (up to
@@ -58,28 +68,45 @@ class _Server(uvicorn.Server):
         transport close() sends close_notify and waits for the peer's up to the loop's
         ssl_shutdown_timeout (30 s, not settable through uvicorn) before connection_lost, so
         one client that never answers held the exit for the whole graceful timeout."""
-        dropper = asyncio.create_task(self._drop_idle_connections())
+        self.closing = True
         try:
             await super().shutdown(sockets=sockets)
         finally:
-            dropper.cancel()
+            if self._watcher is not None:
+                self._watcher.cancel()
 
-    async def _drop_idle_connections(self) -> None:
+    async def _watch_connections(self) -> None:
         # uvicorn internals relied on (0.54, httptools_impl/h11_impl): `server_state.connections`
-        # holds the live protocols; a protocol's `cycle` is None before its first request and
-        # its `cycle.response_complete` is True once the last response is written; `transport`
-        # is the asyncio transport. A connection with a request in progress is left alone.
+        # holds the live protocols; a protocol's `cycle` is None before its first request, its
+        # `cycle.more_body` is True while the request body is arriving and its
+        # `cycle.response_complete` is True once the response is written; `transport` is the
+        # asyncio transport. A request the server is working on is never cut.
         loop = asyncio.get_running_loop()
-        idle_since: dict[object, float] = {}
+        seen: dict[object, tuple[str, object, float]] = {}
         while True:
             now = loop.time()
-            for connection in list(self.server_state.connections):
+            connections = list(self.server_state.connections)
+            waiting = []
+            for connection in connections:
                 cycle = getattr(connection, "cycle", None)
-                if cycle is not None and not cycle.response_complete:
-                    idle_since.pop(connection, None)
-                elif now - idle_since.setdefault(connection, now) >= IDLE_CLOSE_SECONDS:
+                phase = ("waiting" if cycle is None or cycle.response_complete
+                         else "receiving" if cycle.more_body else "working")
+                last = seen.get(connection)
+                if last is None or last[:2] != (phase, cycle):
+                    seen[connection] = last = (phase, cycle, now)
+                limit = (None if phase == "working"
+                         else IDLE_CLOSE_SECONDS if phase == "waiting" and self.closing
+                         else self.request_timeout)
+                if limit is not None and now - last[2] >= limit:
                     connection.transport.abort()  # connection_lost follows, without TLS close
-            await asyncio.sleep(0.1)
+                elif phase == "waiting":
+                    waiting.append((last[2], connection))
+            for _, connection in sorted(waiting, key=lambda pair: pair[0])[
+                    :max(0, len(connections) - self.max_connections)]:
+                connection.transport.abort()  # over the cap: those waiting longest go first
+            for gone in set(seen).difference(connections):
+                del seen[gone]
+            await asyncio.sleep(WATCH_SECONDS)
 
 
 def run(settings: Settings) -> int:
@@ -110,10 +137,12 @@ def run(settings: Settings) -> int:
         app, host=settings.host, port=settings.port, ssl_context_factory=lambda *_: context,
         access_log=False, log_config=None, server_header=False, lifespan="off",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        limit_concurrency=settings.max_connections + 64,  # 503s, past the watcher's cap
     )
     log.info("serving", extra={"address": f"https://{settings.host}:{settings.port}",
                                "policies": policies.names(), "cert": str(cert)})
-    server = _Server(config, runtime, reloader)
+    server = _Server(config, runtime, reloader, request_timeout=settings.request_timeout,
+                     max_connections=settings.max_connections)
     gc.collect()
     gc.freeze()  # the startup heap (policies, schemas, the Kubernetes client) is never garbage
     server.run()

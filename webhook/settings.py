@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     strict: bool = False
     on_conflict: Literal["deny", "skip"] = "deny"
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    request_timeout: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=4096, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     kube_version: str | None = None
     reload_interval: float = Field(default=2.0, gt=0)
