@@ -31,6 +31,8 @@ COMBINATIONS = [
                   "strict": "true", "onConflict": "skip"}, id="prefix-and-flags"),
     pytest.param({"policies.includeShipped": "false", "replicaCount": "3",
                   "podDisruptionBudget.enabled": "false"}, id="no-shipped-policies"),
+    pytest.param({"networkPolicy.enabled": "true", "webhook.podOptIn": "false",
+                  "networkPolicy.from[0].ipBlock.cidr": "10.0.0.0/24"}, id="locked-down"),
 ]
 NOT_BUILT_IN = {"Certificate", "Issuer"}  # cert-manager CRDs
 
@@ -203,3 +205,25 @@ def test_the_deployment_is_hardened_and_probed_over_https() -> None:
     assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {
         "fieldPath": "metadata.namespace"}}} in container["env"]
     assert pod["spec"]["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_without_pod_opt_in_only_opted_in_namespaces_are_served_and_guarded() -> None:
+    assert set(webhooks({"webhook.podOptIn": "false"})) == {"namespace"}
+    assert set(webhooks()) == {"namespace", "pod"}
+    (policy,) = of_kind(render({"webhook.podOptIn": "false"}), "ValidatingAdmissionPolicy")
+    opted_in = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}["optedIn"]
+    assert "object.metadata.labels" not in opted_in
+    assert "namespaceObject.metadata.labels" in opted_in
+
+
+def test_the_network_policy_admits_only_the_webhook_port() -> None:
+    assert not of_kind(render(), "NetworkPolicy")
+    (policy,) = of_kind(render({"networkPolicy.enabled": "true", "port": "9443",
+                                "networkPolicy.from[0].ipBlock.cidr": "10.0.0.0/24"}),
+                        "NetworkPolicy")
+    (deployment,) = of_kind(render({"port": "9443"}), "Deployment")
+    assert policy["spec"]["podSelector"]["matchLabels"] == (
+        deployment["spec"]["selector"]["matchLabels"])
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": 9443, "protocol": "TCP"}],
+                                          "from": [{"ipBlock": {"cidr": "10.0.0.0/24"}}]}]
