@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install certs run test unit lint schema schema-check golden e2e e2e-all tools image image-local image-check dist chart-lint chart-template bench clean
+.PHONY: help install certs run test unit lint schema schema-check golden e2e e2e-all soak haproxy tools image image-local image-check dist chart-lint chart-template bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -51,13 +51,21 @@ K8S_VERSIONS := $(shell . tools/versions.env && echo $$K8S_VERSIONS)
 K8S_VERSION ?= $(firstword $(K8S_VERSIONS))
 HELM ?= helm4
 
-e2e: image-local ## the chart and end-to-end suites through a real kube-apiserver (K8S_VERSION=, HELM=)
+e2e: image-local haproxy ## the chart and end-to-end suites through a real kube-apiserver (K8S_VERSION=, HELM=)
 	K8S_VERSION=$(K8S_VERSION) bash tools/build.sh
 	K8S_VERSION=$(K8S_VERSION) HELM=$(HELM) $(BIN)/pytest -q tests/chart tests/e2e
 
 e2e-all: ## make e2e on the newest supported Kubernetes with Helm 4, then the oldest with Helm 3
 	$(MAKE) e2e K8S_VERSION=$(firstword $(K8S_VERSIONS)) HELM=helm4
 	$(MAKE) e2e K8S_VERSION=$(lastword $(K8S_VERSIONS)) HELM=helm
+
+soak: install haproxy ## the HA soak of docs/reliability.md: 3 minutes through the real apiserver
+	K8S_VERSION=$(K8S_VERSION) bash tools/build.sh
+	SOAK_SECONDS=180 K8S_VERSION=$(K8S_VERSION) HELM=$(HELM) $(BIN)/pytest -q -s tests/e2e/test_ha.py
+
+haproxy: ## install HAProxy (Debian's package) for the HA soak, when missing
+	@command -v haproxy >/dev/null || { echo "installing haproxy"; apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; }
 
 tools: ## build etcd, helm, helm4 and, for every K8S_VERSIONS, kube-apiserver, kube-controller-manager, agnhost into bin/
 	bash tools/build.sh
