@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
@@ -227,6 +227,9 @@ class Template:
     text: RawJSON
     has_placeholders: bool
     expanded: tuple[tuple[int, int], ...] = ()
+    #: for a container: where one more volumeMount goes in `text` (the service-account token's),
+    #: None when it mounts something at that path already
+    mount_slot: MountSlot | None = None
 
     @classmethod
     def of(cls, value: Any, expansion: Expanded = _never) -> Template:
@@ -235,9 +238,46 @@ class Template:
         has = JSON_PLACEHOLDER.search(text) is not None
         return cls(value, RawJSON(text), has, tuple(spans) if has else ())
 
-    def in_expanded(self, offset: int) -> bool:
-        """Whether `offset` of the text lies in a string the kubelet expands."""
-        return any(start <= offset < end for start, end in self.expanded)
+    @classmethod
+    def container(cls, value: dict[str, Any]) -> Template:
+        """A container a policy adds: kubelet-expanded spans and its mount slot known."""
+        template = cls.of(value, container_expansion)
+        return replace(template, mount_slot=MountSlot.of(value, template.text))
+
+
+#: where the ServiceAccount admission plugin mounts a pod's token into every container
+SERVICE_ACCOUNT_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@dataclass(frozen=True, slots=True)
+class MountSlot:
+    """Where one more volumeMount goes in a container's JSON text: at `offset`, between
+    `before` and `after` (`,` after existing mounts; a whole `volumeMounts` key if none)."""
+
+    offset: int
+    before: str
+    after: str
+
+    @classmethod
+    def of(cls, container: dict[str, Any], text: str) -> MountSlot | None:
+        mounts = container.get("volumeMounts")
+        if not isinstance(mounts, list):
+            return cls(len(text) - 1, ',"volumeMounts":[' if container else '"volumeMounts":[',
+                       "]")
+        if any(isinstance(m, dict) and m.get("mountPath") == SERVICE_ACCOUNT_MOUNT_PATH
+               for m in mounts):
+            return None
+        keys = list(container)
+        upto = {key: container[key] for key in keys[:keys.index("volumeMounts") + 1]}
+        closing = len(json.dumps(upto, separators=(",", ":"), ensure_ascii=False)) - 2
+        return cls(closing, "," if mounts else "", "")
+
+    def insert(self, text: str, mount: str) -> str:
+        return text[:self.offset] + self.before + mount + self.after + text[self.offset:]
+
+    @property
+    def width(self) -> int:
+        return len(self.before) + len(self.after)
 
 
 def _dumps(value: Any, path: FieldPath, expansion: Expanded, spans: list[tuple[int, int]],
@@ -388,10 +428,9 @@ def _shapes(inits: list[dict[str, Any]], sidecars: list[dict[str, Any]], *, shar
             container = {key: value for key, value in container.items() if key != "resources"}
         return for_windows(container) if windows else container
 
-    return (tuple(Template.of(shape(c), container_expansion) for c in inits),
-            tuple(Template.of({**shape(c), "restartPolicy": "Always"}, container_expansion)
-                  for c in sidecars),
-            tuple(Template.of(shape(c), container_expansion) for c in sidecars))
+    return (tuple(Template.container(shape(c)) for c in inits),
+            tuple(Template.container({**shape(c), "restartPolicy": "Always"}) for c in sidecars),
+            tuple(Template.container(shape(c)) for c in sidecars))
 
 
 @dataclass(frozen=True, slots=True)

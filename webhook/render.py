@@ -18,6 +18,7 @@ from webhook.podresources import PodLevelChange, grow, pod_level
 from webhook.policy import (
     JSON_PLACEHOLDER,
     PLACEHOLDER,
+    SERVICE_ACCOUNT_MOUNT_PATH,
     CompiledPolicy,
     Position,
     RawJSON,
@@ -152,6 +153,7 @@ def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOpti
         "volumes": [], "env": {}, "volumeMounts": {}, "podAnnotations": [], "podLabels": [],
     }
     envelope = pod_level(pod.spec) is not None
+    token = _token_mount(pod)
     windows = pod_os(pod.spec) is OperatingSystem.WINDOWS
     added: dict[str, list[Any]] = {"front": [], "back": [], "containers": []}  # values, in order
     for policy in chosen:
@@ -160,10 +162,10 @@ def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOpti
         templates = [*inits, *natives] if native else list(inits)
         side = "front" if policy.position is Position.FIRST else "back"
         (out.init_front if side == "front" else out.init_back).extend(
-            substitute(t) for t in templates)
+            substitute(t, token) for t in templates)
         added[side] += [t.value for t in templates]
         if not native:
-            out.containers.extend(substitute(t) for t in classics)
+            out.containers.extend(substitute(t, token) for t in classics)
             added["containers"] += [t.value for t in classics]
         status["initContainers"] += policy.init_container_names
         status["containers"] += policy.sidecar_names
@@ -185,6 +187,25 @@ def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOpti
     out.annotations[options.status_key] = json.dumps(status, separators=(",", ":"),
                                                      ensure_ascii=False)
     return out
+
+
+def _token_mount(pod: PodView) -> str | None:
+    """The service-account token mount the ServiceAccount admission plugin gave the pod's own
+    containers, as JSON, to give the injected ones too: the plugin then has nothing to add after
+    the webhook, so the apiserver does not call the webhook a second time. None when the pod has
+    no such mount (automountServiceAccountToken false, or no token volume)."""
+    if pod.spec.get("automountServiceAccountToken") is False:
+        return None
+    volume = next((v["name"] for v in pod.volumes if v["name"].startswith("kube-api-access-")),
+                  None)
+    mounted = volume is not None and any(
+        isinstance(m, dict) and m.get("name") == volume
+        and m.get("mountPath") == SERVICE_ACCOUNT_MOUNT_PATH
+        for c in (*pod.init_containers, *pod.containers) for m in c.get("volumeMounts") or [])
+    if not mounted:
+        return None
+    return json.dumps({"name": volume, "readOnly": True, "mountPath": SERVICE_ACCOUNT_MOUNT_PATH},
+                      separators=(",", ":"))
 
 
 def skipped_status(reason: str) -> str:
@@ -309,21 +330,29 @@ class _Substitution:
             "annotations": meta.get("annotations") or {},
         }
 
-    def __call__(self, template: Template) -> RawJSON:
+    def __call__(self, template: Template, mount: str | None = None) -> RawJSON:
         """The template's JSON text with placeholders evaluated (JSON-escaped; in a string the
-        kubelet `$(VAR)`-expands, `$` doubled, so that pod metadata stays literal there)."""
+        kubelet `$(VAR)`-expands, `$` doubled, so that pod metadata stays literal there), and
+        for a container, `mount` (JSON) added to its volumeMounts where it has a slot."""
+        text, spans = template.text, template.expanded
+        slot = template.mount_slot
+        if mount is not None and slot is not None:
+            text = RawJSON(slot.insert(text, mount))
+            width = len(mount) + slot.width
+            spans = tuple((a + width, b + width) if a >= slot.offset else (a, b)
+                          for a, b in spans)
         if not template.has_placeholders:
-            return template.text
-        if not template.expanded:
-            return RawJSON(JSON_PLACEHOLDER.sub(self._replace_in_json, template.text))
+            return text
+        if not spans:
+            return RawJSON(JSON_PLACEHOLDER.sub(self._replace_in_json, text))
 
         def replace(match: re.Match[str]) -> str:
             value = self._replace(match)
-            if template.in_expanded(match.start()):
+            if any(start <= match.start() < end for start, end in spans):
                 value = value.replace("$", "$$")
             return json.dumps(value, ensure_ascii=False)[1:-1]
 
-        return RawJSON(JSON_PLACEHOLDER.sub(replace, template.text))
+        return RawJSON(JSON_PLACEHOLDER.sub(replace, text))
 
     def text(self, template: Template) -> str:
         """A plain string value (an annotation or label) with placeholders evaluated."""

@@ -201,6 +201,16 @@ class ControlPlane:
         }
         self.kubeconfig.write_text(yaml.safe_dump(config))
 
+    def metrics(self) -> str:
+        """The apiserver's Prometheus text (`/metrics`), read as the admin."""
+        pki = self.workdir / "pki"
+        context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10,
+                                    context=context) as response:
+            text: str = response.read().decode()
+            return text
+
     def keep_logs(self, keep: bool) -> None:
         if not keep:
             shutil.rmtree(self.logs, ignore_errors=True)
