@@ -227,3 +227,19 @@ def test_the_network_policy_admits_only_the_webhook_port() -> None:
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     assert policy["spec"]["ingress"] == [{"ports": [{"port": 9443, "protocol": "TCP"}],
                                           "from": [{"ipBlock": {"cidr": "10.0.0.0/24"}}]}]
+
+
+@pytest.mark.parametrize(("kube_version", "values", "sleep"), [
+    pytest.param("1.30.0", {}, 5, id="default-on-1.30"),
+    pytest.param("1.29.0", {}, None, id="no-sleep-action-before-1.30"),
+    pytest.param("1.37.0", {"shutdownDelaySeconds": "0"}, None, id="turned-off"),
+])
+def test_a_stopping_pod_keeps_serving_for_the_shutdown_delay(
+    kube_version: str, values: dict[str, str], sleep: int | None,
+) -> None:
+    (deployment,) = of_kind(render(values, kube_version=kube_version), "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    pre_stop = (container.get("lifecycle") or {}).get("preStop")
+    assert pre_stop == ({"sleep": {"seconds": sleep}} if sleep else None)
+    assert spec["terminationGracePeriodSeconds"] == int(values.get("shutdownDelaySeconds", 5)) + 30

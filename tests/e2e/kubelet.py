@@ -10,7 +10,8 @@ out: ConfigMap, Secret and projected volumes as directories of `..data` symlinks
 service-account token from the TokenRequest API, bound to the pod), emptyDir as a writable dir.
 Anything else in the spec raises `Unsupported`: the check must not pass on a spec it did not run.
 The host network is shared (the container listens where the apiserver can call it), as with
-`hostNetwork: true`; resource limits are not applied.
+`hostNetwork: true`; resource limits are not applied; a `preStop` sleep is waited out before
+SIGTERM, as the kubelet does.
 """
 
 from __future__ import annotations
@@ -47,10 +48,12 @@ def podman(*args: str, check: bool = True, timeout: float = 120,
 
 @dataclass
 class Container:
-    """A running container; `stop` sends SIGTERM and waits up to the pod's grace period."""
+    """A running container; `stop` runs its preStop sleep, then sends SIGTERM and waits up to
+    the rest of the pod's grace period."""
 
     name: str
     grace_seconds: int
+    pre_stop_sleep: int = 0
 
     def logs(self) -> str:
         result = podman("logs", self.name, check=False)
@@ -64,8 +67,9 @@ class Container:
         """SIGTERM, then SIGKILL after the grace period (as the kubelet does): the exit code and
         the seconds it took."""
         started = time.monotonic()
-        podman("stop", "--time", str(self.grace_seconds), self.name,
-               timeout=self.grace_seconds + 30)
+        time.sleep(self.pre_stop_sleep)  # the kubelet's sleep action; still serving meanwhile
+        left = max(1, self.grace_seconds - self.pre_stop_sleep)
+        podman("stop", "--time", str(left), self.name, timeout=left + 30)
         elapsed = time.monotonic() - started
         code = podman("inspect", "--format", "{{.State.ExitCode}}", self.name).stdout.strip()
         return int(code), elapsed
@@ -99,7 +103,11 @@ class Kubelet:
         argv += [self._image(container), *_expand(container.get("args") or [], env)]
         podman("rm", "--force", "--time", "0", name, check=False)
         podman(*argv)
-        return Container(name, int(spec.get("terminationGracePeriodSeconds", 30)))
+        pre_stop = ((container.get("lifecycle") or {}).get("preStop") or {})
+        if set(pre_stop) - {"sleep"}:
+            raise Unsupported(f"preStop {sorted(pre_stop)}")
+        return Container(name, int(spec.get("terminationGracePeriodSeconds", 30)),
+                         int((pre_stop.get("sleep") or {}).get("seconds", 0)))
 
     @staticmethod
     def _image(container: Obj) -> str:
