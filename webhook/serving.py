@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from webhook import certs, logs
 from webhook.errors import CertificateError, PolicyError
@@ -29,6 +30,17 @@ GRACEFUL_SHUTDOWN_SECONDS = 30
 # dropped; requests in flight keep the whole GRACEFUL_SHUTDOWN_SECONDS.
 IDLE_CLOSE_SECONDS = 2.0
 WATCH_SECONDS = 0.25  # how often connections are looked at
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, stamped with the loop time it was connected at (what the
+    request deadline and the connection cap count from)."""
+
+    connected_at: float
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.connected_at = self.loop.time()
+        super().connection_made(transport)
 
 
 class _Server(uvicorn.Server):
@@ -92,7 +104,10 @@ class _Server(uvicorn.Server):
                 phase = ("waiting" if cycle is None or cycle.response_complete
                          else "receiving" if cycle.more_body else "working")
                 last = seen.get(connection)
-                if last is None or last[:2] != (phase, cycle):
+                if last is None:  # its first wait counts from when it connected
+                    since = getattr(connection, "connected_at", now) if cycle is None else now
+                    seen[connection] = last = (phase, cycle, since)
+                elif last[:2] != (phase, cycle):
                     seen[connection] = last = (phase, cycle, now)
                 limit = (None if phase == "working"
                          else IDLE_CLOSE_SECONDS if phase == "waiting" and self.closing
@@ -135,6 +150,7 @@ def run(settings: Settings) -> int:
     app = create_app(runtime, max_body_bytes=settings.max_body_bytes)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, ssl_context_factory=lambda *_: context,
+        http=_Protocol,
         access_log=False, log_config=None, server_header=False, lifespan="off",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         limit_concurrency=settings.max_connections + 64,  # 503s, past the watcher's cap

@@ -88,8 +88,7 @@ def test_past_the_connection_cap_the_longest_waiting_are_closed(tmp_path: Path) 
         states = [closed(sock) for sock in held]
         print(f"of 100 slow connections past a cap of 50: {sum(states)} closed")
         assert 50 <= sum(states) <= 52
-        # the server sees connections in rounds of WATCH_SECONDS: older rounds go first
-        assert sum(states[:50]) >= 40, "the oldest go first"
+        assert sum(states[:50]) >= 48, "the oldest go first"
     finally:
         for sock in held:
             sock.close()
