@@ -126,7 +126,7 @@ def mutate(
         if not chosen:
             warnings = (*decision.warnings, *refusals)
             return _skip(view, Skip(reason, warnings), keys.status)
-    rendered = render(view, chosen, replace(options, refused=refused))
+    rendered = render(view, chosen, replace(options, refused=refused) if refused else options)
     warnings = (*decision.warnings, *refusals, *rendered.warnings)
     if rendered.denial is not None:
         return Outcome(Deny(rendered.denial, warnings), warnings=warnings)
@@ -145,10 +145,11 @@ def _left_out(pod: dict[str, Any], view: PodView, chosen: Sequence[CompiledPolic
     """The rules that leave a requested policy out, in order: each with the policies it leaves
     out of those still chosen (the caller drops them before the next rule runs)."""
     system = pod_os(view.spec)
-    yield SkipReason.UNSUPPORTED_OS, [
-        (policy, f"pod {view.name}: injection policy {policy.name!r} skipped: it supports "
-                 f"{', '.join(sorted(policy.systems))}, and the pod runs on {system.value}")
-        for policy in chosen if system not in policy.systems]
+    if any(system not in policy.systems for policy in chosen):
+        yield SkipReason.UNSUPPORTED_OS, [
+            (policy, f"pod {view.name}: injection policy {policy.name!r} skipped: it supports "
+                     f"{', '.join(sorted(policy.systems))}, and the pod runs on {system.value}")
+            for policy in chosen if system not in policy.systems]
     if pod_security in (Level.BASELINE, Level.RESTRICTED):
         still = [policy for policy in chosen if system in policy.systems]
         yield SkipReason.POD_SECURITY, _pod_security_problems(pod, view, still, options,

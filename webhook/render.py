@@ -348,7 +348,7 @@ class _Substitution:
 
         def replace(match: re.Match[str]) -> str:
             value = self._replace(match)
-            if any(start <= match.start() < end for start, end in spans):
+            if "$" in value and any(start <= match.start() < end for start, end in spans):
                 value = value.replace("$", "$$")
             return json.dumps(value, ensure_ascii=False)[1:-1]
 
