@@ -136,10 +136,14 @@ def _first_error(exc: ValueError) -> str:
               default=None, help="The Pod Security level the namespace enforces (its "
               "pod-security.kubernetes.io/enforce label): a policy that would make a compliant "
               "pod break it is skipped (denied with --strict).")
+@click.option("--namespace-labels", default=None, metavar="K=V,...",
+              help="The namespace's labels, for policies restricted to some namespaces "
+                   "(without it, such policies are not applied).")
 @click.option("--remove", is_flag=True, help="Undo the injection recorded in P/status.")
 def inject(*, source: str, policies_dir: Path | None, default_policies: str,
            namespace_policies: str | None, kube_version: str | None, prefix: str | None,
-           strict: bool, on_conflict: str, pod_security: str | None, remove: bool) -> None:
+           strict: bool, on_conflict: str, pod_security: str | None,
+           namespace_labels: str | None, remove: bool) -> None:
     """Inject Pods and pod templates in a manifest offline; write YAML to stdout.
 
     Reads Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs and Lists,
@@ -164,7 +168,8 @@ def inject(*, source: str, policies_dir: Path | None, default_policies: str,
     try:
         report = inject_text(text, source=_label(source), policies=policies, config=config,
                              namespace_policies=ns_policies, remove=remove,
-                             pod_security=Level(pod_security) if pod_security else None)
+                             pod_security=Level(pod_security) if pod_security else None,
+                             namespace_labels=_labels(namespace_labels))
     except InputError as exc:
         _fail(str(exc), EXIT_USAGE)
     click.echo(report.output, nl=False)
@@ -227,6 +232,19 @@ def check(directory: Path, pod_security: str | None) -> None:
             sys.exit(EXIT_DENIED)
     names = ", ".join(loaded.names()) or "none"
     click.echo(f"{directory}: {len(loaded)} policies OK ({names})")
+
+
+def _labels(text: str | None) -> dict[str, str] | None:
+    """`--namespace-labels team=a,tier=web` as a map; a term without `=` is bad usage."""
+    if text is None:
+        return None
+    labels = {}
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = term.partition("=")
+        if not sep or not key:
+            _fail(f"--namespace-labels: {term!r} is not KEY=VALUE", EXIT_USAGE)
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 def _pod_security_problems(loaded: PolicySet, level: Level) -> list[str]:

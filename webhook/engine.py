@@ -14,7 +14,7 @@ is not a pod) or a `Skip`, never an exception.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -94,9 +94,11 @@ def mutate(
     config: EngineConfig,
     namespace_policies: Sequence[str] | None = None,
     pod_security: Level | None = None,
+    namespace_labels: Mapping[str, str] | None = None,
 ) -> Outcome:
     """Decide for `pod` in `namespace` and build the patch; `namespace_policies` None = unknown;
-    `pod_security` is the level the namespace enforces (None: none, or not known)."""
+    `pod_security` is the level the namespace enforces (None: none, or not known);
+    `namespace_labels` None = unknown (a policy restricted to some namespaces is then refused)."""
     if config.selection.untouched(namespace):  # decided before the pod is even read
         return Outcome(Skip(SkipReason.SYSTEM_NAMESPACE))
     try:
@@ -115,8 +117,9 @@ def mutate(
     chosen = [policies[name] for name in decision.policies]
     refused: dict[str, str] = {}
     refusals: list[str] = []
-    for reason, problems in _left_out(pod, view, chosen, options, pod_security):
-        if reason is SkipReason.POD_SECURITY and problems and config.selection.strict:
+    for reason, problems in _left_out(pod, view, chosen, options, pod_security=pod_security,
+                                      namespace_labels=namespace_labels):
+        if reason in _STRICT and problems and config.selection.strict:
             message = "; ".join(problem for _, problem in problems)
             return Outcome(Deny(message, decision.warnings), warnings=decision.warnings)
         for policy, problem in problems:
@@ -139,11 +142,19 @@ def mutate(
 Problems = list[tuple[CompiledPolicy, str]]
 
 
+#: the rules whose refusal `--strict` turns into a denial
+_STRICT = (SkipReason.NAMESPACE_NOT_ALLOWED, SkipReason.POD_SECURITY)
+
+
 def _left_out(pod: dict[str, Any], view: PodView, chosen: Sequence[CompiledPolicy],
-              options: RenderOptions, pod_security: Level | None,
+              options: RenderOptions, *, pod_security: Level | None,
+              namespace_labels: Mapping[str, str] | None,
               ) -> Iterator[tuple[SkipReason, Problems]]:
     """The rules that leave a requested policy out, in order: each with the policies it leaves
     out of those still chosen (the caller drops them before the next rule runs)."""
+    if any(policy.namespaces is not None for policy in chosen):
+        yield SkipReason.NAMESPACE_NOT_ALLOWED, _namespace_problems(view, chosen,
+                                                                    namespace_labels)
     system = pod_os(view.spec)
     if any(system not in policy.systems for policy in chosen):
         yield SkipReason.UNSUPPORTED_OS, [
@@ -154,6 +165,27 @@ def _left_out(pod: dict[str, Any], view: PodView, chosen: Sequence[CompiledPolic
         still = [policy for policy in chosen if system in policy.systems]
         yield SkipReason.POD_SECURITY, _pod_security_problems(pod, view, still, options,
                                                               pod_security)
+
+
+def _namespace_problems(view: PodView, chosen: Sequence[CompiledPolicy],
+                        labels: Mapping[str, str] | None) -> Problems:
+    """The restricted policies the pod's namespace may not use; all of them when its labels are
+    not known (fail closed)."""
+    problems = []
+    for policy in chosen:
+        if policy.namespaces is None:
+            continue
+        if labels is None:
+            problems.append((policy, (
+                f"pod {view.name}: injection policy {policy.name!r} skipped: it is restricted to "
+                f"namespaces matching {policy.namespaces.describe()}, and the labels of namespace "
+                f"{view.namespace} are not known (no cluster access): not applied")))
+        elif not policy.namespaces.matches(labels):
+            problems.append((policy, (
+                f"pod {view.name}: injection policy {policy.name!r} skipped: it is restricted to "
+                f"namespaces matching {policy.namespaces.describe()}, and namespace "
+                f"{view.namespace} is not one of them")))
+    return problems
 
 
 def _pod_security_problems(pod: dict[str, Any], view: PodView, chosen: Sequence[CompiledPolicy],

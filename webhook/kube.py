@@ -34,6 +34,7 @@ class NamespaceDefaults:
         self.status = "not started"
         self._policies: dict[str, tuple[str, ...]] = {}
         self._levels: dict[str, Level] = {}
+        self._labels: dict[str, dict[str, str]] = {}
         self._invalid_levels: set[tuple[str, str]] = set()  # logged once each
         self._synced = threading.Event()
         self._stop = threading.Event()
@@ -50,6 +51,12 @@ class NamespaceDefaults:
         if not self._synced.is_set():
             return None
         return self._levels.get(namespace)
+
+    def labels(self, namespace: str) -> dict[str, str] | None:
+        """The namespace's labels; None while they cannot be known."""
+        if not self._synced.is_set():
+            return None
+        return self._labels.get(namespace, {})
 
     @property
     def connected(self) -> bool:
@@ -109,7 +116,7 @@ class NamespaceDefaults:
             try:
                 self._report_version()
                 listed = api.list_namespace(_request_timeout=30)
-                self._policies, self._levels = {}, {}
+                self._policies, self._levels, self._labels = {}, {}, {}
                 for namespace in listed.items:
                     self._remember(namespace)
                 self._synced.set()
@@ -139,6 +146,7 @@ class NamespaceDefaults:
         if event["type"] == "DELETED":
             self._policies.pop(name, None)
             self._levels.pop(name, None)
+            self._labels.pop(name, None)
         else:
             self._remember(namespace)
 
@@ -146,7 +154,8 @@ class NamespaceDefaults:
         name = namespace.metadata.name
         annotations = namespace.metadata.annotations or {}
         self._policies[name] = parse_policy_list(annotations.get(self.annotation, ""))
-        label: str | None = (namespace.metadata.labels or {}).get(ENFORCE_LABEL)
+        self._labels[name] = dict(namespace.metadata.labels or {})
+        label: str | None = self._labels[name].get(ENFORCE_LABEL)
         level = parse_level(label)
         if level is None or label is None:
             self._levels.pop(name, None)

@@ -7,7 +7,7 @@ what the webhook's patch would make. Objects it does not know pass through uncha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ def inject_text(
     config: EngineConfig,
     namespace_policies: Sequence[str] | None = None,
     pod_security: Level | None = None,
+    namespace_labels: Mapping[str, str] | None = None,
     remove: bool = False,
 ) -> Report:
     """Inject (or remove) every pod in the YAML `text`; InputError if it cannot be read."""
@@ -59,7 +60,8 @@ def inject_text(
                 _remove(slot, config, where, report)
                 continue
             outcome = mutate(pod, namespace=slot.namespace, policies=policies, config=config,
-                             namespace_policies=namespace_policies, pod_security=pod_security)
+                             namespace_policies=namespace_policies, pod_security=pod_security,
+                             namespace_labels=namespace_labels)
             report.warnings.extend(f"{where}: {w}" for w in outcome.warnings)
             if not outcome.allowed:
                 report.errors.append(f"{where}: denied: {outcome.message}")

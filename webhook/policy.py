@@ -26,6 +26,7 @@ from pydantic.alias_generators import to_camel
 
 from webhook import k8s_schema
 from webhook.errors import InputError, PolicyError
+from webhook.labels import Requirement, Selector
 from webhook.platform import OperatingSystem, for_windows
 from webhook.yamlsource import Document, format_path, load_documents
 
@@ -95,6 +96,25 @@ class SecretReference(_Model):
     name: Annotated[str, Field(pattern=DNS1123_SUBDOMAIN, max_length=253)]
 
 
+class SelectorRequirement(_Model):
+    """A `matchExpressions` term of a LabelSelector."""
+
+    key: Annotated[str, Field(min_length=1, max_length=317)]
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list)  # checked against the operator at load
+
+
+class NamespaceSelector(_Model):
+    """Which namespaces (by their labels) may use a policy: the LabelSelector form."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: list[SelectorRequirement] = Field(default_factory=list)
+
+    def compile(self) -> Selector:
+        return Selector.of(self.match_labels, [
+            Requirement(r.key, r.operator, frozenset(r.values)) for r in self.match_expressions])
+
+
 class Metadata(_Model):
     """The policy's name (what annotations refer to) and optional labels and annotations."""
 
@@ -118,6 +138,7 @@ class PolicySpec(_Model):
     os: list[OperatingSystem] = Field(default_factory=lambda: [OperatingSystem.LINUX],
                                       min_length=1)
     image_pull_secrets: list[SecretReference] = Field(default_factory=list)
+    namespace_selector: NamespaceSelector | None = None
     pod_annotations: dict[str, str] = Field(default_factory=dict)
     pod_labels: dict[str, str] = Field(default_factory=dict)
 
@@ -340,6 +361,8 @@ class CompiledPolicy:
     variants: Mapping[tuple[bool, bool], Shapes]
     systems: frozenset[OperatingSystem]
     pull_secrets: tuple[str, ...]
+    #: the namespaces that may use it; None: every namespace
+    namespaces: Selector | None
     volumes: tuple[Template, ...]
     mounts: tuple[PodMount, ...]
     env: tuple[Template, ...]
@@ -406,6 +429,7 @@ def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
         variants=variants,
         systems=frozenset(spec.os),
         pull_secrets=tuple(dict.fromkeys(ref.name for ref in spec.image_pull_secrets)),
+        namespaces=spec.namespace_selector.compile() if spec.namespace_selector else None,
         volumes=tuple(Template.of(copy.deepcopy(v)) for v in spec.volumes),
         mounts=tuple(mounts),
         env=tuple(Template.of(copy.deepcopy(e), env_expansion) for e in spec.env),
@@ -418,7 +442,8 @@ def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
 #: spec fields newer than the first release, with their defaults: left out of `revision` when
 #: at their default, so that upgrading the injector does not make every injected pod look stale
 _NEW_DEFAULTS: dict[str, Any] = {"podResources": PodResources.ADD.value,
-                                 "os": [OperatingSystem.LINUX.value], "imagePullSecrets": []}
+                                 "os": [OperatingSystem.LINUX.value], "imagePullSecrets": [],
+                                 "namespaceSelector": None}
 
 
 def _shapes(inits: list[dict[str, Any]], sidecars: list[dict[str, Any]], *, shared: bool,
@@ -554,6 +579,13 @@ def _rule_problems(spec: dict[str, Any]) -> Iterator[tuple[tuple[str | int, ...]
         for resource, amount in (spec.get("resources") or {}).get(key, {}).items():
             if k8s_schema.quantity(amount) is None:
                 yield (*base, "resources", key, resource), f"{amount!r} is not a quantity"
+    selector = spec.get("namespaceSelector") or {}
+    for index, term in enumerate(selector.get("matchExpressions") or []):
+        at = (*base, "namespaceSelector", "matchExpressions", index, "values")
+        if term["operator"] in ("In", "NotIn") and not term.get("values"):
+            yield at, f"operator {term['operator']} needs values"
+        if term["operator"] in ("Exists", "DoesNotExist") and term.get("values"):
+            yield at, f"operator {term['operator']} takes no values; remove them"
     seen: dict[str, str] = {}
     for section in ("initContainers", "containers"):
         for index, container in enumerate(spec.get(section) or []):

@@ -53,6 +53,8 @@ class Runtime:
                          namespace_policies=namespaces.lookup(review.namespace)
                          if namespaces is not None else None,
                          pod_security=namespaces.pod_security(review.namespace)
+                         if namespaces is not None else None,
+                         namespace_labels=namespaces.labels(review.namespace)
                          if namespaces is not None else None)
         response = answer(review.uid, outcome)
         elapsed = time.perf_counter() - started
@@ -68,5 +70,6 @@ class Runtime:
             "pod": describe_pod(metadata if isinstance(metadata, dict) else {}, ""),
             "policies": list(outcome.policies), "result": outcome.result,
             "allowed": outcome.allowed, "dry_run": review.dry_run,
+            **({"warnings": list(outcome.warnings)} if outcome.warnings else {}),
             "duration_ms": round(elapsed * 1000, 3),
         })

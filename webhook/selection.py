@@ -14,13 +14,14 @@ from webhook.keys import OPT_OUT, SYSTEM_NAMESPACES, USE_DEFAULTS, Keys
 
 
 class SkipReason(StrEnum):
-    """Why nothing was injected. The first six are stamped into `P/status`; the rest are not."""
+    """Why nothing was injected. The first seven are stamped into `P/status`; the rest are not."""
 
     OPTED_OUT = "opted-out"
     UNKNOWN_POLICY = "unknown-policy"
     NO_POLICIES = "no-policies"
     CONFLICT = "conflict"
     POD_SECURITY = "pod-security"
+    NAMESPACE_NOT_ALLOWED = "namespace-not-allowed"
     UNSUPPORTED_OS = "unsupported-os"
     SYSTEM_NAMESPACE = "system-namespace"
     ALREADY_INJECTED = "already-injected"

@@ -5,7 +5,9 @@ namespace, with seccomp set on the pod or only on the app's container.
 
 A webhook of this module's own serves the shipped policies plus two built after the design
 document's privileged patterns (a node-exporter with hostPath /proc and /sys, a privileged
-security scanner), and learns the namespaces' levels through its Namespace watch.
+security scanner) and one restricted to the `team=payments` namespaces, and learns the
+namespaces' levels and labels through its Namespace watch: the restricted policy is applied in an
+allowed namespace and refused, with a warning, in another.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tests.e2e.controlplane import ControlPlane
 from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.webhookconfig import INJECT, instead_of_the_suites_webhook, webhook_configuration
 from tests.serverproc import ServerProcess
+from tests.unit.test_engine_cluster_rules import VAULT
 from tests.unit.test_podsecurity import PRIVILEGED_POLICIES
 from webhook.podsecurity import ENFORCE_LABEL, Level, compliant_pod
 
@@ -38,7 +41,7 @@ def guarded(control_plane: ControlPlane, kube: Kube,
     workdir = tmp_path_factory.mktemp("psa-webhook")
     policies = workdir / "policies"
     shutil.copytree(POLICIES, policies, ignore=shutil.ignore_patterns("*.json"))
-    for name, text in PRIVILEGED_POLICIES.items():
+    for name, text in {**PRIVILEGED_POLICIES, "payments-secrets": VAULT}.items():
         (policies / f"{name}.yaml").write_text(text)
     server = ServerProcess(workdir, policies=policies, log=control_plane.logs / "psa-webhook.log",
                            args=["--kubeconfig", str(control_plane.kubeconfig)],
@@ -118,3 +121,30 @@ def test_every_shipped_policy_is_injected_in_a_restricted_namespace(
 @pytest.fixture(scope="module")
 def restricted_namespace(kube: Kube) -> str:
     return enforcing(kube, Level.RESTRICTED)
+
+
+@pytest.mark.parametrize(("labels", "applied"), [
+    pytest.param({"team": "payments"}, ["payments-secrets", "logging"], id="allowed"),
+    pytest.param({"team": "web"}, ["logging"], id="another-team"),
+])
+def test_a_restricted_policy_is_applied_only_in_the_namespaces_it_selects(
+    kube: Kube, guarded: None, labels: dict[str, str], applied: list[str],
+) -> None:
+    namespace = kube.ensure_namespace(f"restricted-{labels['team']}-{uuid.uuid4().hex[:6]}",
+                                      labels={INJECT: "enabled", **labels})
+    body = compliant_pod(Level.RESTRICTED, name="app",
+                         annotations={INJECT: "payments-secrets,logging"})
+
+    def seen() -> bool:  # the watch has the namespace's labels
+        probe = copy.deepcopy(body)
+        probe["metadata"]["name"] = f"probe-{uuid.uuid4().hex[:6]}"
+        created, _ = kube.create_pod(namespace, probe, dry_run=True)
+        return bool(stamp(created)["policies"] == applied)
+
+    wait_for(seen, 30, "the webhook to learn the namespace's labels")
+    stored, warnings = create(kube, namespace, body)
+    assert stamp(stored)["policies"] == applied
+    refused = "payments-secrets" not in applied
+    assert stamp(stored).get("refused") == (
+        {"payments-secrets": "namespace-not-allowed"} if refused else None)
+    assert any("payments-secrets" in w and namespace in w for w in warnings) is refused

@@ -301,3 +301,23 @@ def test_policies_check_without_pod_security_ignores_it(write_policies: WritePol
 
 def test_policies_check_help_names_pod_security() -> None:
     assert "--pod-security [baseline|restricted]" in invoke("policies", "check", "-h").stdout
+
+
+def test_inject_takes_the_namespace_labels_for_restricted_policies(tmp_path: Path) -> None:
+    from tests.unit.test_engine_cluster_rules import VAULT  # noqa: PLC0415
+
+    (tmp_path / "payments-secrets.yaml").write_text(VAULT)
+    pod = POD.replace("sidecar.company.com/inject: logging",
+                      "sidecar.company.com/inject: payments-secrets")
+    allowed = invoke("inject", "-f", "-", "--policies", str(tmp_path),
+                     "--namespace-labels", "team=payments", stdin=pod)
+    assert allowed.exit_code == 0
+    assert "payments-secrets" in yaml.safe_load(allowed.stdout)["spec"]["initContainers"][0][
+        "name"]
+    unknown = invoke("inject", "-f", "-", "--policies", str(tmp_path), stdin=pod)
+    assert unknown.exit_code == 0
+    assert "not known" in unknown.stderr
+    bad = invoke("inject", "-f", "-", "--policies", str(tmp_path),
+                 "--namespace-labels", "team", stdin=pod)
+    assert bad.exit_code == 2
+    assert bad.stderr.strip() == "error: --namespace-labels: 'team' is not KEY=VALUE"

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from tests.conftest import SHIPPED_POLICIES, WritePolicies
 from tests.integration.test_fuzz import JSON
 from webhook.engine import EngineConfig, mutate
+from webhook.errors import PolicyError
 from webhook.podsecurity import Level, compliant_pod
 from webhook.policy import PolicySet, load_policy_dir
 from webhook.selection import Deny, Selection, Skip, SkipReason
@@ -182,3 +183,76 @@ def test_junk_in_the_fields_these_rules_read_never_raises(
     outcome = mutate(pod, namespace="shop", policies=scanner_and_logging, pod_security=level,
                      config=EngineConfig(selection=Selection(strict=strict)))
     assert outcome.result  # a decision, whatever it is
+
+
+VAULT = """\
+apiVersion: sidecar.company.com/v1alpha1
+kind: InjectionPolicy
+metadata: {name: payments-secrets}
+spec:
+  namespaceSelector:
+    matchLabels: {team: payments}
+    matchExpressions:
+      - {key: tier, operator: NotIn, values: [sandbox]}
+  initContainers: [{name: payments-secrets, image: "vault:1.18"}]
+"""
+
+
+@pytest.fixture
+def restricted(write_policies: WritePolicies) -> PolicySet:
+    logging = (SHIPPED_POLICIES / "logging.yaml").read_text()
+    return load_policy_dir(write_policies(**{"payments-secrets": VAULT, "logging": logging}))
+
+
+def inject_in(policies: PolicySet, labels: dict[str, str] | None, *,
+              strict: bool = False) -> Any:
+    pod = compliant_pod(Level.RESTRICTED, annotations={KEY: "payments-secrets,logging"})
+    return mutate(pod, namespace="shop", policies=policies, namespace_labels=labels,
+                  config=EngineConfig(selection=Selection(strict=strict)))
+
+
+@pytest.mark.parametrize(("labels", "applied"), [
+    pytest.param({"team": "payments"}, ("payments-secrets", "logging"), id="selected"),
+    pytest.param({"team": "payments", "tier": "prod"}, ("payments-secrets", "logging"),
+                 id="selected-notin-other-value"),
+    pytest.param({"team": "payments", "tier": "sandbox"}, ("logging",), id="excluded-by-notin"),
+    pytest.param({"team": "web"}, ("logging",), id="another-team"),
+    pytest.param({}, ("logging",), id="no-labels"),
+    pytest.param(None, ("logging",), id="labels-unknown-fail-closed"),
+])
+def test_a_restricted_policy_applies_only_in_the_namespaces_it_selects(
+    restricted: PolicySet, labels: dict[str, str] | None, applied: tuple[str, ...],
+) -> None:
+    outcome = inject_in(restricted, labels)
+    assert outcome.policies == applied
+    if "payments-secrets" not in applied:
+        pod = jsonpatch.apply_patch(compliant_pod(Level.RESTRICTED, annotations={
+            KEY: "payments-secrets,logging"}), outcome.patch)
+        assert json.loads(pod["metadata"]["annotations"][STATUS])["refused"] == {
+            "payments-secrets": "namespace-not-allowed"}
+        (warning,) = [w for w in outcome.warnings if "payments-secrets" in w]
+        assert "team=payments,tier notin (sandbox)" in warning
+        assert ("not known" in warning) is (labels is None)
+
+
+def test_strict_denies_a_restricted_policy_outside_its_namespaces(restricted: PolicySet) -> None:
+    outcome = inject_in(restricted, {"team": "web"}, strict=True)
+    assert isinstance(outcome.decision, Deny)
+    assert "namespace shop is not one of them" in (outcome.message or "")
+
+
+@pytest.mark.parametrize(("expression", "message"), [
+    pytest.param("{key: tier, operator: In}", "needs values", id="in-without-values"),
+    pytest.param("{key: tier, operator: Exists, values: [a]}", "takes no values",
+                 id="exists-with-values"),
+    pytest.param("{key: tier, operator: Near, values: [a]}", "operator", id="unknown-operator"),
+])
+def test_an_invalid_namespace_selector_is_refused_with_file_and_line(
+    write_policies: WritePolicies, expression: str, message: str,
+) -> None:
+    text = VAULT.replace("{key: tier, operator: NotIn, values: [sandbox]}", expression)
+    with pytest.raises(PolicyError) as refused:
+        load_policy_dir(write_policies(bad=text))
+    (problem,) = refused.value.problems
+    assert problem.startswith(str(write_policies()) + "/bad.yaml:")
+    assert message in problem
