@@ -4,8 +4,8 @@ Every caller (the server's `/mutate`, the `inject` CLI, the end-to-end suite) go
 `mutate`, which reads as the whole pipeline:
 
     read the pod -> decide (selection) -> leave out what the cluster's rules forbid (a policy
-    for another operating system, one that would break the namespace's Pod Security level)
-    -> render the additions -> build the patch -> outcome
+    restricted to other namespaces, one for another operating system, one that would break
+    the namespace's Pod Security level) -> render the additions -> build the patch -> outcome
 
 It is pure: no I/O, no web framework, no Kubernetes client. Bad input is a `Deny` (an object that
 is not a pod) or a `Skip`, never an exception.
@@ -14,7 +14,7 @@ is not a pod) or a `Skip`, never an exception.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -117,8 +117,9 @@ def mutate(
     chosen = [policies[name] for name in decision.policies]
     refused: dict[str, str] = {}
     refusals: list[str] = []
-    for reason, problems in _left_out(pod, view, chosen, options, pod_security=pod_security,
-                                      namespace_labels=namespace_labels):
+    for reason, rule in _rules(pod, view, options, pod_security=pod_security,
+                               namespace_labels=namespace_labels):
+        problems = rule(chosen)  # each rule sees only what the earlier ones left in
         if reason in _STRICT and problems and config.selection.strict:
             message = "; ".join(problem for _, problem in problems)
             return Outcome(Deny(message, decision.warnings), warnings=decision.warnings)
@@ -140,31 +141,30 @@ def mutate(
 
 
 Problems = list[tuple[CompiledPolicy, str]]
+Rule = Callable[[Sequence[CompiledPolicy]], Problems]
 
 
 #: the rules whose refusal `--strict` turns into a denial
 _STRICT = (SkipReason.NAMESPACE_NOT_ALLOWED, SkipReason.POD_SECURITY)
 
 
-def _left_out(pod: dict[str, Any], view: PodView, chosen: Sequence[CompiledPolicy],
-              options: RenderOptions, *, pod_security: Level | None,
-              namespace_labels: Mapping[str, str] | None,
-              ) -> Iterator[tuple[SkipReason, Problems]]:
-    """The rules that leave a requested policy out, in order: each with the policies it leaves
-    out of those still chosen (the caller drops them before the next rule runs)."""
-    if any(policy.namespaces is not None for policy in chosen):
-        yield SkipReason.NAMESPACE_NOT_ALLOWED, _namespace_problems(view, chosen,
-                                                                    namespace_labels)
+def _rules(pod: dict[str, Any], view: PodView, options: RenderOptions, *,
+           pod_security: Level | None, namespace_labels: Mapping[str, str] | None,
+           ) -> list[tuple[SkipReason, Rule]]:
+    """The rules that leave a requested policy out, in the order they run: each takes the
+    policies still chosen and names those it leaves out, and why."""
     system = pod_os(view.spec)
-    if any(system not in policy.systems for policy in chosen):
-        yield SkipReason.UNSUPPORTED_OS, [
+    rules: list[tuple[SkipReason, Rule]] = [
+        (SkipReason.NAMESPACE_NOT_ALLOWED,
+         lambda chosen: _namespace_problems(view, chosen, namespace_labels)),
+        (SkipReason.UNSUPPORTED_OS, lambda chosen: [
             (policy, f"pod {view.name}: injection policy {policy.name!r} skipped: it supports "
                      f"{', '.join(sorted(policy.systems))}, and the pod runs on {system.value}")
-            for policy in chosen if system not in policy.systems]
+            for policy in chosen if system not in policy.systems])]
     if pod_security in (Level.BASELINE, Level.RESTRICTED):
-        still = [policy for policy in chosen if system in policy.systems]
-        yield SkipReason.POD_SECURITY, _pod_security_problems(pod, view, still, options,
-                                                              pod_security)
+        rules.append((SkipReason.POD_SECURITY, lambda chosen: _pod_security_problems(
+            pod, view, chosen, options, pod_security)))
+    return rules
 
 
 def _namespace_problems(view: PodView, chosen: Sequence[CompiledPolicy],

@@ -256,3 +256,19 @@ def test_an_invalid_namespace_selector_is_refused_with_file_and_line(
     (problem,) = refused.value.problems
     assert problem.startswith(str(write_policies()) + "/bad.yaml:")
     assert message in problem
+
+
+def test_a_policy_left_out_by_one_rule_is_not_judged_again_by_the_next(
+    write_policies: WritePolicies,
+) -> None:
+    restricted_scanner = SCANNER.replace(
+        "spec:\n", "spec:\n  namespaceSelector: {matchLabels: {team: payments}}\n", 1)
+    logging = (SHIPPED_POLICIES / "logging.yaml").read_text()
+    policies = load_policy_dir(write_policies(scanner=restricted_scanner, logging=logging))
+    pod = compliant_pod(Level.RESTRICTED, annotations={KEY: "scanner,logging"})
+    outcome = mutate(pod, namespace="shop", policies=policies, pod_security=Level.BASELINE,
+                     namespace_labels={"team": "web"}, config=EngineConfig())
+    after = jsonpatch.apply_patch(pod, outcome.patch)
+    assert json.loads(after["metadata"]["annotations"][STATUS])["refused"] == {
+        "scanner": "namespace-not-allowed"}
+    assert len([w for w in outcome.warnings if "'scanner'" in w]) == 1
