@@ -352,9 +352,6 @@ class CompiledPolicy:
     position: Position
     mode: SidecarMode
     pod_resources: PodResources
-    init_containers: tuple[Template, ...]
-    native_sidecars: tuple[Template, ...]
-    classic_sidecars: tuple[Template, ...]
     #: (init containers, native sidecars, classic sidecars) by (shares the pod's envelope,
     #: for a Windows pod): without `resources` in a pod-level envelope it shares, without the
     #: Linux-only securityContext fields in a Windows pod
@@ -369,6 +366,18 @@ class CompiledPolicy:
     pod_annotations: dict[str, Template]
     pod_labels: dict[str, Template]
     digest: str
+
+    @property
+    def init_containers(self) -> tuple[Template, ...]:
+        return self.variants[(False, False)][0]
+
+    @property
+    def native_sidecars(self) -> tuple[Template, ...]:
+        return self.variants[(False, False)][1]
+
+    @property
+    def classic_sidecars(self) -> tuple[Template, ...]:
+        return self.variants[(False, False)][2]
 
     @property
     def sidecar_names(self) -> list[str]:
@@ -404,7 +413,6 @@ def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
         inits, sidecars, shared=shared and spec.pod_resources is PodResources.SHARE,
         windows=windows and OperatingSystem.WINDOWS in spec.os)
         for shared in (False, True) for windows in (False, True)}
-    shapes = variants[(False, False)]
     mounts = []
     for raw in spec.volume_mounts:
         mount = {k: v for k, v in raw.items() if k != "containers"}
@@ -423,9 +431,6 @@ def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
         position=spec.init_container_position,
         mode=spec.sidecar_mode,
         pod_resources=spec.pod_resources,
-        init_containers=shapes[0],
-        native_sidecars=shapes[1],
-        classic_sidecars=shapes[2],
         variants=variants,
         systems=frozenset(spec.os),
         pull_secrets=tuple(dict.fromkeys(ref.name for ref in spec.image_pull_secrets)),
