@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install certs run test unit lint schema schema-check golden e2e e2e-all soak haproxy tools image image-local image-check dist chart-lint chart-template bench clean
+.PHONY: help install certs run test unit lint schema schema-check policy-tests golden e2e e2e-all soak haproxy tools image image-local image-check dist chart-lint chart-template bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -30,12 +30,18 @@ lint: install ## ruff and mypy --strict
 	$(BIN)/ruff check webhook tests bench
 	$(BIN)/mypy
 
-schema: install ## regenerate policies/schema.json from the policy model
+schema: install ## regenerate policies/schema.json and policies/test-schema.json from the models
 	$(BIN)/sidecar-injector policies schema > policies/schema.json
+	$(BIN)/sidecar-injector policies schema --test > policies/test-schema.json
 
-schema-check: install ## fail if policies/schema.json is stale
+schema-check: install ## fail if policies/schema.json or policies/test-schema.json is stale
 	@$(BIN)/sidecar-injector policies schema | diff -u policies/schema.json - \
 		|| { echo "policies/schema.json is stale: run 'make schema'"; exit 1; }
+	@$(BIN)/sidecar-injector policies schema --test | diff -u policies/test-schema.json - \
+		|| { echo "policies/test-schema.json is stale: run 'make schema'"; exit 1; }
+
+policy-tests: install ## the shipped policies' own tests (policies/tests), as users run theirs
+	$(BIN)/sidecar-injector policies test policies/tests
 
 golden: install ## refresh the golden files under tests/golden (review the diff!)
 	REFRESH_GOLDEN=true $(BIN)/pytest -q tests/golden
@@ -43,7 +49,7 @@ golden: install ## refresh the golden files under tests/golden (review the diff!
 unit: install ## unit, golden, property and server integration tests (no apiserver, no helm)
 	$(BIN)/pytest -q --ignore=tests/e2e --ignore=tests/chart
 
-test: lint schema-check unit ## everything CI runs before the end-to-end suite
+test: lint schema-check policy-tests unit ## everything CI runs before the end-to-end suite
 
 # the Kubernetes versions the end-to-end suite runs on (tools/versions.env), newest first, and
 # the helm (bin/helm: Helm 3, bin/helm4: Helm 4) the chart suites use

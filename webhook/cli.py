@@ -18,10 +18,18 @@ import jsonpatch
 from webhook import __version__
 from webhook.certs import generate as generate_certs
 from webhook.engine import EngineConfig, mutate
-from webhook.errors import CertificateError, InputError, PolicyError
+from webhook.errors import CertificateError, InputError, PolicyError, SuiteError
 from webhook.offline import inject_text
 from webhook.podsecurity import Level, compliant_pod, new_violations
 from webhook.policy import PolicySet, load_policy_dir, policy_schema
+from webhook.policytest import (
+    failure_text,
+    find_test_files,
+    junit_xml,
+    load_cases,
+    run_case,
+    suite_schema,
+)
 from webhook.selection import parse_policy_list
 from webhook.settings import ENV_PREFIX, Settings, shipped_policies
 
@@ -204,7 +212,7 @@ def _read_input(source: str) -> str:
 
 @cli.group()
 def policies() -> None:
-    """Check policy files, print the policy JSON Schema."""
+    """Check and test policy files, print the policy JSON Schema."""
 
 
 @policies.command()
@@ -266,9 +274,52 @@ def _pod_security_problems(loaded: PolicySet, level: Level) -> list[str]:
 
 
 @policies.command()
-def schema() -> None:
-    """Print the JSON Schema of a policy document."""
-    click.echo(json.dumps(policy_schema(), indent=2, sort_keys=False))
+@click.option("--test", "of_tests", is_flag=True,
+              help="The schema of a `policies test` file (InjectionTest) instead.")
+def schema(*, of_tests: bool) -> None:
+    """Print the JSON Schema of a policy document (or, with --test, of a test file)."""
+    click.echo(json.dumps(suite_schema() if of_tests else policy_schema(), indent=2,
+                          sort_keys=False))
+
+
+@policies.command("test")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--policies", "policies_dir", type=click.Path(path_type=Path), default=None,
+              help="Test against this policies directory [default: each file's spec.policies, "
+                   "else the shipped policies/].")
+@click.option("--update", is_flag=True, help="Write the golden files with the current results.")
+@click.option("--junit", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the results as JUnit XML to this file.")
+def test_policies(*, paths: tuple[Path, ...], policies_dir: Path | None, update: bool,
+                  junit: Path | None) -> None:
+    """Run the InjectionTest files in PATHS (directories: every *.test.yaml in them).
+
+    Each case injects a manifest as the webhook would and checks what came out. Exit 0 when
+    every case passes, 1 when one fails, 2 when the tests or the policies are invalid (each
+    problem as file:line: message).
+    """
+    try:
+        cases = load_cases(find_test_files(paths), policies_dir=policies_dir)
+    except SuiteError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
+    results = [run_case(case, update=update) for case in cases]
+    for result in results:
+        if not result.passed:
+            click.echo(failure_text(result))
+        elif result.updated:
+            click.echo(f"updated {result.case.golden} (case {result.case.case.name!r})")
+    if junit is not None:
+        try:
+            junit.write_text(junit_xml(results), encoding="utf-8")
+        except OSError as exc:
+            _fail(f"{junit}: cannot write: {exc.strerror or exc}", EXIT_USAGE)
+    failed = sum(not result.passed for result in results)
+    files = len({result.case.suite for result in results})
+    click.echo(f"policies test: {len(results)} cases in {files} files, "
+               f"{len(results) - failed} passed, {failed} failed")
+    sys.exit(EXIT_DENIED if failed else 0)
 
 
 # ---------------------------------------------------------------------------------------------

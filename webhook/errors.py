@@ -3,6 +3,7 @@
     InjectorError                 anything this package raises on purpose
     ├── PolicyError               a policy set that cannot be loaded; carries every problem
     ├── InputError                a manifest or review that cannot be read (bad YAML, not an object)
+    ├── SuiteError                `policies test` files that cannot be run; carries every problem
     └── CertificateError          a certificate or key that cannot be read or made
 """
 
@@ -25,6 +26,14 @@ class PolicyError(InjectorError):
 
 class InputError(InjectorError):
     """Input that cannot be read: invalid YAML or JSON, a document that is not an object."""
+
+
+class SuiteError(InjectorError):
+    """Test files (or the policies they test) that cannot be run; `problems`: `file:line: msg`."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 class CertificateError(InjectorError):

@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonpatch
 
-from webhook.engine import EngineConfig, mutate, unmutate
+from webhook.engine import EngineConfig, Outcome, mutate, unmutate
 from webhook.errors import InputError
 from webhook.podsecurity import Level
 from webhook.policy import PolicySet
@@ -28,6 +28,10 @@ class Report:
     output: str = ""
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: each pod found, by its label (`Kind/name`), and the engine's outcome for it
+    outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
+    #: the objects of `output`, as data
+    objects: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def denied(self) -> bool:
@@ -44,8 +48,10 @@ def inject_text(
     pod_security: Level | None = None,
     namespace_labels: Mapping[str, str] | None = None,
     remove: bool = False,
+    namespace: str = "",
 ) -> Report:
-    """Inject (or remove) every pod in the YAML `text`; InputError if it cannot be read."""
+    """Inject (or remove) every pod in the YAML `text`; InputError if it cannot be read.
+    `namespace` is the one of objects that name none (kubectl's `--namespace`)."""
     report = Report()
     values = []
     for index, document in enumerate(load_documents(text, source), start=1):
@@ -57,22 +63,26 @@ def inject_text(
             where = f"{source}:{document.line}: {slot.label}"
             pod = slot.pod
             if remove:
-                _remove(slot, config, where, report)
+                _remove(slot, config, where, report, namespace)
                 continue
-            outcome = mutate(pod, namespace=slot.namespace, policies=policies, config=config,
+            outcome = mutate(pod, namespace=slot.namespace or namespace, policies=policies,
+                             config=config,
                              namespace_policies=namespace_policies, pod_security=pod_security,
                              namespace_labels=namespace_labels)
+            report.outcomes.append((slot.label, outcome))
             report.warnings.extend(f"{where}: {w}" for w in outcome.warnings)
             if not outcome.allowed:
                 report.errors.append(f"{where}: denied: {outcome.message}")
             elif outcome.operations:
                 slot.replace(jsonpatch.apply_patch(pod, outcome.patch))
         values.append(obj)
+    report.objects = values
     report.output = dump_documents(values) if values else ""
     return report
 
 
-def _remove(slot: PodSlot, config: EngineConfig, where: str, report: Report) -> None:
+def _remove(slot: PodSlot, config: EngineConfig, where: str, report: Report,
+            namespace: str) -> None:
     pod = slot.pod
     status_key = config.selection.keys.status
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
@@ -80,7 +90,7 @@ def _remove(slot: PodSlot, config: EngineConfig, where: str, report: Report) -> 
         report.warnings.append(f"{where}: not injected ({status_key} is absent); left unchanged")
         return
     try:
-        patch = unmutate(pod, namespace=slot.namespace, config=config)
+        patch = unmutate(pod, namespace=slot.namespace or namespace, config=config)
     except ValueError as exc:
         report.errors.append(f"{where}: cannot remove the injection: {exc}")
         return
