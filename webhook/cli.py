@@ -238,6 +238,12 @@ def check(directory: Path, pod_security: str | None) -> None:
             click.echo(problem, err=True)
         if problems:
             sys.exit(EXIT_DENIED)
+    for name in loaded.names():
+        selector = loaded[name].namespaces
+        why = selector.contradiction() if selector is not None else None
+        if why is not None:
+            click.echo(f"warning: {loaded[name].source}: policy {name}: spec.namespaceSelector "
+                       f"matches no namespace ({why}), so no pod can get it", err=True)
     names = ", ".join(loaded.names()) or "none"
     click.echo(f"{directory}: {len(loaded)} policies OK ({names})")
 

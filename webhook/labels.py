@@ -45,6 +45,23 @@ class Selector:
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(requirement.holds(labels) for requirement in self.requirements)
 
+    def contradiction(self) -> str | None:
+        """Why no label map can match, or None when some can (a selector that matches nothing
+        is valid in Kubernetes, and almost always a mistake)."""
+        for key in dict.fromkeys(r.key for r in self.requirements):
+            terms = [r for r in self.requirements if r.key == key]
+            needed = [r for r in terms if r.operator in ("In", "Exists")]
+            if needed and any(r.operator == "DoesNotExist" for r in terms):
+                return f"{key!r} must be set and must not be set"
+            chosen = [r.values for r in terms if r.operator == "In"]
+            if not chosen:
+                continue
+            allowed = frozenset.intersection(*chosen).difference(
+                *(r.values for r in terms if r.operator == "NotIn"))
+            if not allowed:
+                return f"no value of {key!r} meets all of {Selector(tuple(terms)).describe()}"
+        return None
+
     def describe(self) -> str:
         """The selector in kubectl's `-l` syntax, for messages."""
         def term(r: Requirement) -> str:

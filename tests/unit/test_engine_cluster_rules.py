@@ -10,13 +10,16 @@ from typing import Any
 
 import jsonpatch
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SHIPPED_POLICIES, WritePolicies
 from tests.integration.test_fuzz import JSON
+from webhook.cli import cli
 from webhook.engine import EngineConfig, mutate
 from webhook.errors import PolicyError
+from webhook.labels import Requirement, Selector
 from webhook.podsecurity import Level, compliant_pod
 from webhook.policy import PolicySet, load_policy_dir
 from webhook.selection import Deny, Selection, Skip, SkipReason
@@ -272,3 +275,50 @@ def test_a_policy_left_out_by_one_rule_is_not_judged_again_by_the_next(
     assert json.loads(after["metadata"]["annotations"][STATUS])["refused"] == {
         "scanner": "namespace-not-allowed"}
     assert len([w for w in outcome.warnings if "'scanner'" in w]) == 1
+
+
+@pytest.mark.parametrize(("expressions", "why"), [
+    pytest.param("[{key: team, operator: DoesNotExist}]",
+                 "'team' must be set and must not be set", id="label-and-does-not-exist"),
+    pytest.param("[{key: team, operator: NotIn, values: [payments]}]",
+                 "no value of 'team' meets all of team=payments,team notin (payments)",
+                 id="label-and-not-in-it"),
+    pytest.param("[{key: zone, operator: In, values: [a]}, {key: zone, operator: In, values: [b]}]",
+                 "no value of 'zone' meets all of zone=a,zone=b", id="disjoint-ins"),
+])
+def test_policies_check_warns_about_a_selector_that_matches_nothing(
+    write_policies: WritePolicies, expressions: str, why: str,
+) -> None:
+    old = "    matchExpressions:\n      - {key: tier, operator: NotIn, values: [sandbox]}\n"
+    assert old in VAULT
+    directory = write_policies(bad=VAULT.replace(old, f"    matchExpressions: {expressions}\n"))
+    result = CliRunner().invoke(cli, ["policies", "check", str(directory)])
+    assert result.exit_code == 0, result.output  # valid in Kubernetes, so not an error
+    assert (f"warning: {directory}/bad.yaml:3: policy payments-secrets: spec.namespaceSelector "
+            f"matches no namespace ({why}), so no pod can get it") in result.stderr
+
+
+def test_policies_check_is_silent_about_a_selector_that_can_match(
+    write_policies: WritePolicies,
+) -> None:
+    result = CliRunner().invoke(cli, ["policies", "check", str(write_policies(ok=VAULT))])
+    assert result.exit_code == 0
+    assert "warning" not in result.stderr
+
+
+_KEYS = st.sampled_from(["a", "b"])
+_VALUES = st.frozensets(st.sampled_from(["x", "y", "z"]), min_size=1)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.builds(
+    Requirement, _KEYS, st.sampled_from(["In", "NotIn", "Exists", "DoesNotExist"]),
+    _VALUES), max_size=4))
+def test_a_selector_has_a_contradiction_exactly_when_no_labels_match(
+    requirements: list[Requirement],
+) -> None:
+    selector = Selector(tuple(requirements))
+    choices: list[str | None] = [None, "x", "y", "z", "other"]
+    some = any(selector.matches({k: v for k, v in (("a", a), ("b", b)) if v is not None})
+               for a in choices for b in choices)
+    assert (selector.contradiction() is None) == some
