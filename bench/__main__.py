@@ -1,65 +1,133 @@
-"""Throughput and latency of `/mutate` against two references on the same uvicorn and TLS.
+"""Throughput and latency of `/mutate` against floors on the same uvicorn and TLS.
 
-    python -m bench [--seconds 10] [--connections 16]
+    python -m bench [--seconds 10] [--connections 8,64] [--rounds 2]
 
-Starts `raw` (the floor: parse and answer, stdlib json), `raw (orjson)` (the same floor with the
-parser `/mutate` uses), `fastapi` (a FastAPI route doing the same) and the
-real `sidecar-injector serve` with the shipped policies, and drives each with `wrk` on loopback
-(one wrk thread; bounded by --seconds). `/mutate` is measured twice: on a pod in kube-system
-(decided untouched: the server's own overhead) and on a pod that asks for `logging` (a full
-injection). Prints a table; the ratio columns compare with `raw`.
+Every server runs one process on loopback and is driven by `wrk` (one thread, after a 2 s
+warm-up). Each scenario is a review; its floor answers it with the least work a server can do:
+
+- `untouched` (a pod in kube-system): `/mutate` decides without a patch; floor `raw (orjson)`, a
+  bare ASGI handler that parses the review with orjson and answers `allowed`;
+- `logging`, `3 policies` (wait-for-database, logging, metrics-exporter) and `60 KB pod`
+  (2 policies into a pod of 50 containers): `/mutate` injects; floor `same bytes`, a bare ASGI
+  handler that parses the review and answers with the very bytes `/mutate` gave for it, so the
+  patch's size is not held against `/mutate`.
+
+The floor and `/mutate` are measured alternately, `--rounds` times, at each `--connections`; the
+table gives every run and the ratios of the medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from tests.serverproc import free_port, generate_certs
 
 ROOT = Path(__file__).resolve().parent.parent
+INJECT = "sidecar.company.com/inject"
 POD = {"apiVersion": "v1", "kind": "Pod",
        "metadata": {"generateName": "web-", "labels": {"app": "shop"},
-                    "annotations": {"sidecar.company.com/inject": "logging"}},
+                    "annotations": {INJECT: "logging"}},
        "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}
-REVIEW = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-          "request": {"uid": "bench", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                      "operation": "CREATE", "namespace": "shop", "object": POD}}
-SYSTEM_REVIEW = json.loads(json.dumps(REVIEW).replace('"namespace": "shop"',
-                                                      '"namespace": "kube-system"'))
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [[%s]]
 """
 
 
-def start(kind: str, port: int, certs: Path) -> subprocess.Popen[bytes]:
-    cert, key = str(certs / "tls.crt"), str(certs / "tls.key")
-    if kind == "sidecar-injector":
-        argv = [sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", "--port",
-                str(port), "--tls-cert", cert, "--tls-key", key, "--log-level", "warning",
-                "--policies", str(ROOT / "policies")]
-    else:
-        argv = [sys.executable, "-m", "bench.servers", kind, str(port), cert, key]
+def review(pod: dict[str, Any], namespace: str = "shop") -> dict[str, Any]:
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "bench", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                        "operation": "CREATE", "namespace": namespace, "object": pod}}
+
+
+def with_policies(pod: dict[str, Any], policies: str) -> dict[str, Any]:
+    changed = copy.deepcopy(pod)
+    changed["metadata"]["annotations"][INJECT] = policies
+    return changed
+
+
+def large_pod(containers: int = 50) -> dict[str, Any]:
+    """A pod of about 60 KB: `containers` containers with env, ports, probes and resources."""
+    pod = with_policies(POD, "logging,metrics-exporter")
+    pod["spec"]["containers"] = [{
+        "name": f"app-{i}", "image": f"registry.example.com/team/app-{i}:1.2.3",
+        "args": ["--listen=:8080", f"--shard={i}", "--log-level=info"],
+        "ports": [{"name": "http", "containerPort": 8080 + i}],
+        "env": [{"name": f"SETTING_{j}", "value": f"value-{i}-{j}-" + "x" * 24}
+                for j in range(12)],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                      "limits": {"cpu": "500m", "memory": "256Mi"}},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080 + i}},
+    } for i in range(containers)]
+    return pod
+
+
+SCENARIOS = {
+    "untouched": review(POD, "kube-system"),
+    "logging": review(POD),
+    "3 policies": review(with_policies(POD, "wait-for-database,logging,metrics-exporter")),
+    "60 KB pod": review(large_pod()),
+}
+
+
+def start(argv: list[str], port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            httpx.post(f"https://127.0.0.1:{port}/mutate", json=REVIEW, verify=False, timeout=1)
+            httpx.post(f"https://127.0.0.1:{port}/mutate", json=SCENARIOS["logging"],
+                       verify=False, timeout=1)
             return process
         except httpx.HTTPError:
             time.sleep(0.2)
     process.kill()
-    raise SystemExit(f"bench: {kind} did not start")
+    raise SystemExit(f"bench: {argv} did not start")
+
+
+@dataclass
+class Server:
+    """A server process and the port it answers on."""
+
+    name: str
+    argv: list[str]
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        self.process = start(self.argv, self.port)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def injector(port: int, certs: Path) -> Server:
+    return Server("mutate", [
+        sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--tls-cert", str(certs / "tls.crt"), "--tls-key", str(certs / "tls.key"),
+        "--log-level", "warning", "--policies", str(ROOT / "policies")], port)
+
+
+def floor(kind: str, port: int, certs: Path, answer: Path | None = None) -> Server:
+    argv = [sys.executable, "-m", "bench.servers", kind, str(port), str(certs / "tls.crt"),
+            str(certs / "tls.key")]
+    return Server(kind, argv + ([str(answer)] if answer else []), port)
 
 
 def measure(port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:
@@ -78,37 +146,62 @@ def measure(port: int, script: Path, seconds: int, connections: int) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--connections", default="8,64", help="comma-separated, e.g. 8,64")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
+    connections = [int(c) for c in args.connections.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         certs = Path(tmp) / "certs"
         generate_certs(certs)
-        injected = Path(tmp) / "inject.lua"
-        injected.write_text(LUA % json.dumps(REVIEW))
-        passed = Path(tmp) / "pass.lua"
-        passed.write_text(LUA % json.dumps(SYSTEM_REVIEW))
-        runs = [("raw", "raw", injected), ("raw (orjson)", "raw-orjson", injected),
-                ("fastapi", "fastapi", injected),
-                ("mutate: untouched", "sidecar-injector", passed),
-                ("mutate: injection", "sidecar-injector", injected)]
-        rows = {}
-        for label, kind, script in runs:
-            port = free_port()
-            process = start(kind, port, certs)
-            try:
-                measure(port, script, 2, args.connections)  # warm-up
-                rows[label] = measure(port, script, args.seconds, args.connections)
-            finally:
-                process.terminate()
-                process.wait(30)
-    floor = rows["raw"]
-    print(f"\n{'server':<20}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'x raw req/s':>13}"
-          f"{'x raw p99':>11}")
-    for kind, row in rows.items():
-        print(f"{kind:<20}{row['rps']:>10.0f}{row['p50']:>10.2f}{row['p99']:>10.2f}"
-              f"{row['rps'] / floor['rps']:>13.2f}{row['p99'] / floor['p99']:>11.2f}")
+        with injector(free_port(), certs) as server:
+            rows = run(args, Path(tmp), certs, server, connections)
+    report(rows)
+
+
+def run(args: argparse.Namespace, tmp: Path, certs: Path, server: Server,
+        connections: list[int]) -> list[Any]:
+    """Each scenario against its floor, alternately, at each concurrency."""
+    rows = []
+    for name in args.scenarios.split(","):
+        body = json.dumps(SCENARIOS[name])
+        script = tmp / "review.lua"
+        script.write_text(LUA % body)
+        answer = httpx.post(f"https://127.0.0.1:{server.port}/mutate", content=body,
+                            headers={"content-type": "application/json"}, verify=False)
+        answer.raise_for_status()
+        (tmp / "answer.json").write_bytes(answer.content)
+        kind = "raw-orjson" if name == "untouched" else "same-bytes"
+        with floor(kind, free_port(), certs, tmp / "answer.json") as reference:
+            for c in connections:
+                runs: dict[str, list[dict[str, float]]] = {"floor": [], "mutate": []}
+                for _ in range(args.rounds):
+                    for label, target in (("floor", reference), ("mutate", server)):
+                        measure(target.port, script, 2, c)  # warm-up
+                        runs[label].append(measure(target.port, script, args.seconds, c))
+                rows.append((name, len(body), len(answer.content), c, kind, runs))
+    return rows
+
+
+def report(rows: list[Any]) -> None:
+    print("\n| review | review KB | answer KB | c | floor | floor req/s | floor p99 ms "
+          "| /mutate req/s | /mutate p99 ms | x floor req/s | x floor p99 |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for name, size, answer, c, kind, runs in rows:
+        def runs_of(label: str, key: str, runs: Any = runs) -> str:
+            return ", ".join(f"{r[key]:.0f}" if key == "rps" else f"{r[key]:.2f}"
+                             for r in runs[label])
+
+        def median(label: str, key: str, runs: Any = runs) -> float:
+            return float(statistics.median(r[key] for r in runs[label]))
+
+        print(f"| {name} | {size / 1024:.1f} | {answer / 1024:.1f} | {c} | {kind} "
+              f"| {runs_of('floor', 'rps')} | {runs_of('floor', 'p99')} "
+              f"| {runs_of('mutate', 'rps')} | {runs_of('mutate', 'p99')} "
+              f"| {median('mutate', 'rps') / median('floor', 'rps'):.2f} "
+              f"| {median('mutate', 'p99') / median('floor', 'p99'):.2f} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Reference servers measured beside `/mutate`, on the same uvicorn and TLS settings:
-`raw` (an ASGI handler that parses the review and answers: the floor) and `fastapi` (a FastAPI
-route that does the same). Run: `python -m bench.servers raw|fastapi PORT CERT KEY`."""
+`raw` (an ASGI handler that parses the review and answers: the floor), `raw-orjson` (the same with
+orjson), `same-bytes` (parses the review with orjson and answers with the very bytes `/mutate`
+gave for it, read from ANSWER: the floor for an injection, whose answer carries a patch) and
+`fastapi` (a FastAPI route that parses and answers).
+Run: `python -m bench.servers raw|raw-orjson|fastapi|same-bytes PORT CERT KEY [ANSWER]`."""
 
 from __future__ import annotations
 
@@ -27,18 +30,38 @@ async def raw_orjson(scope: Scope, receive: Receive, send: Send) -> None:
     await _answer(scope, receive, send, orjson.loads, orjson.dumps)
 
 
-async def _answer(scope: Scope, receive: Receive, send: Send, loads: Any, dumps: Any) -> None:
-    if scope["type"] != "http":
-        return
+def same_bytes(answer: bytes) -> Any:
+    """The floor for a review whose answer is `answer`: read, parse, send those bytes."""
+    text = answer.decode()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        review = orjson.loads(await _body(receive))
+        if review["request"]["uid"] not in text:
+            raise ValueError("the review's uid is not in the answer")  # never on the bench
+        await _send(send, answer)
+    return app
+
+
+async def _body(receive: Receive) -> bytes:
     chunks = []
     while True:
         message = await receive()
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
-            break
-    review = loads(b"".join(chunks))
-    body = dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                  "response": {"uid": review["request"]["uid"], "allowed": True}})
+            return b"".join(chunks)
+
+
+async def _answer(scope: Scope, receive: Receive, send: Send, loads: Any, dumps: Any) -> None:
+    if scope["type"] != "http":
+        return
+    review = loads(await _body(receive))
+    await _send(send, dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                             "response": {"uid": review["request"]["uid"], "allowed": True}}))
+
+
+async def _send(send: Send, body: bytes) -> None:
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
@@ -59,7 +82,11 @@ def fastapi_app() -> FastAPI:
 def main() -> None:
     kind, port, cert, key = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
     context = tls_context(cert, key)
-    app: Any = {"raw": raw, "raw-orjson": raw_orjson}.get(kind) or fastapi_app()
+    app: Any
+    if kind == "same-bytes":
+        app = same_bytes(Path(sys.argv[5]).read_bytes())
+    else:
+        app = {"raw": raw, "raw-orjson": raw_orjson}.get(kind) or fastapi_app()
     uvicorn.run(app, host="127.0.0.1", port=port, ssl_context_factory=lambda *_: context,
                 access_log=False, log_level="warning", server_header=False, lifespan="off")
 
