@@ -329,6 +329,86 @@ def test_policies(*, paths: tuple[Path, ...], policies_dir: Path | None, update:
 
 
 # ---------------------------------------------------------------------------------------------
+# drift
+
+
+@cli.command()
+@click.option("-n", "--namespace", default=None,
+              help="Check this namespace's pods only [default: every opted-in namespace, and "
+                   "the pods opted in by label elsewhere].")
+@_serve_option("--kubeconfig", type=click.Path(path_type=Path),
+               help="Kubeconfig of the cluster [default: the in-cluster config].")
+@click.option("--policies", "policies_dir", type=click.Path(path_type=Path),
+              envvar=f"{ENV_PREFIX}POLICIES", show_envvar=True,
+              help="The policy directory the server serves (or a copy of it).")
+@click.option("--release", default=None, metavar="NAME",
+              help="Instead of --policies: the Helm release whose policies ConfigMap "
+                   "(<fullname>-policies, in --release-namespace) the server serves.")
+@click.option("--release-namespace", default="sidecar-injector", show_default=True,
+              metavar="NS", help="The namespace of --release; also the webhook's own (never "
+                                 "checked), unless POD_NAMESPACE names another.")
+@_serve_option("--default-policies", help="The server's --default-policies, e.g. 'logging'.")
+@_serve_option("--prefix", help="The server's --prefix [default: sidecar.company.com].")
+@_serve_option("--strict/--no-strict", help="The server runs with --strict.")
+@_serve_option("--on-conflict", type=click.Choice(["deny", "skip"]),
+               help="The server's --on-conflict [default: deny].")
+@_serve_option("--kube-version", help="Cluster version for sidecarMode: auto "
+                                      "[default: the cluster's].")
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table",
+              show_default=True, help="A table for people, JSON or YAML for scripts.")
+@click.option("--restart", is_flag=True,
+              help="Restart the drifted Deployments, StatefulSets and DaemonSets as `kubectl "
+                   "rollout restart` does; Jobs, CronJobs and bare pods are only listed.")
+@click.option("--dry-run", is_flag=True,
+              help="Show what --restart would restart (the apiserver checks each patch, "
+                   "stores nothing); implies --restart.")
+def drift(*, namespace: str | None, kubeconfig: Path | None, policies_dir: Path | None,
+          release: str | None, release_namespace: str, output: str, restart: bool,
+          dry_run: bool, **serve_flags: Any) -> None:
+    """Find running pods whose injection is not what the server's policies give them now.
+
+    Each pod of an opted-in namespace (or opted in by label) is un-injected as its status
+    annotation records and injected again with the same engine as the server, in its
+    namespace's context. Reported, by owning workload, with a reason: stale-revision,
+    policy-removed, policies-changed, unstamped (never seen by the webhook), skip-outdated,
+    would-deny, invalid-stamp. Pass the server's --default-policies, --prefix, --strict and
+    --on-conflict (or its SIDECAR_INJECTOR_* variables).
+
+    Exit 0 when nothing drifted, 1 when something did, 2 on bad usage, invalid policies or a
+    cluster error (no access, unreachable, forbidden).
+    """
+    from webhook.errors import ClusterError  # noqa: PLC0415 - the client loads only here
+    from webhook.kube import Cluster  # noqa: PLC0415
+    from webhook.survey import Request, run  # noqa: PLC0415
+
+    if (policies_dir is None) == (release is None):
+        _fail("give either --policies DIR or --release NAME: the policies the server serves",
+              EXIT_USAGE)
+    given = {key: value for key, value in serve_flags.items() if value is not None}
+    if kubeconfig is not None:
+        given["kubeconfig"] = kubeconfig
+    try:
+        settings = Settings(**given)
+    except ValueError as exc:
+        _fail(f"invalid option: {_first_error(exc)}", EXIT_USAGE)
+    request = Request(settings, namespace=namespace, policies_dir=policies_dir,
+                      release=release, release_namespace=release_namespace,
+                      output=output, restart=restart, dry_run=dry_run)  # type: ignore[arg-type]
+    try:
+        result = run(request, connect=Cluster)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        sys.exit(EXIT_USAGE)
+    except ClusterError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    click.echo(result.text, nl=False)
+    for error in result.errors:
+        click.echo(f"error: {error}", err=True)
+    sys.exit(result.exit_code)
+
+
+# ---------------------------------------------------------------------------------------------
 # certs
 
 

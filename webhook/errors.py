@@ -4,7 +4,8 @@
     ├── PolicyError               a policy set that cannot be loaded; carries every problem
     ├── InputError                a manifest or review that cannot be read (bad YAML, not an object)
     ├── SuiteError                `policies test` files that cannot be run; carries every problem
-    └── CertificateError          a certificate or key that cannot be read or made
+    ├── CertificateError          a certificate or key that cannot be read or made
+    └── ClusterError              no cluster access, or the apiserver refused a call
 """
 
 from __future__ import annotations
@@ -38,3 +39,7 @@ class SuiteError(InjectorError):
 
 class CertificateError(InjectorError):
     """A certificate or key file that cannot be read, parsed or generated."""
+
+
+class ClusterError(InjectorError):
+    """No cluster access (no kubeconfig, unreachable, forbidden) or a refused call: one line."""

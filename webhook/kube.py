@@ -1,4 +1,5 @@
-"""The only user of the Kubernetes client: a watch on Namespaces for their default policies.
+"""The only user of the Kubernetes client: a watch on Namespaces for their default policies, and
+the one-shot reads and restarts of `drift` (`Cluster`).
 
 Keeps `namespace -> P/policies` in memory. Without cluster access (no kubeconfig, no in-cluster
 config, or the apiserver refuses) the server still serves: `lookup` answers None ("unknown") and
@@ -7,13 +8,16 @@ the engine falls back to the global defaults; the reason is logged once and show
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from webhook.errors import ClusterError
 from webhook.podsecurity import ENFORCE_LABEL, Level, parse_level
 from webhook.selection import parse_policy_list
 
@@ -174,3 +178,138 @@ def _reason(exc: Exception) -> str:
     if status is not None:
         return f"{status} {getattr(exc, 'reason', '')}: {getattr(exc, 'body', '') or ''}".strip()
     return str(exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# drift: one-shot reads and rollout restarts, on the apiserver's JSON as it is
+
+
+#: how long a call may take to connect, then to answer (seconds)
+CALL_TIMEOUT = (10, 60)
+PAGE = 500
+STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+
+
+class Cluster:
+    """The calls `sidecar-injector drift` makes, on plain dicts; every failure is a one-line
+    `ClusterError` that names the call (no kubeconfig, unreachable, forbidden, ...)."""
+
+    def __init__(self, kubeconfig: Path | None) -> None:
+        if kubeconfig is None and "KUBERNETES_SERVICE_HOST" not in os.environ:
+            raise ClusterError("no cluster access: not running in a cluster and no "
+                               "--kubeconfig given")
+        if kubeconfig is not None and not kubeconfig.is_file():
+            raise ClusterError(f"no cluster access: {kubeconfig}: no such kubeconfig file")
+        try:
+            from kubernetes import client  # noqa: PLC0415 - only for the cluster commands
+            from kubernetes import config as kube_config  # noqa: PLC0415
+
+            loader: Any = kube_config
+            if kubeconfig is not None:
+                api = loader.new_client_from_config(config_file=str(kubeconfig))
+            else:
+                loader.load_incluster_config()
+                api = client.ApiClient()
+        except Exception as exc:  # any config problem means "no cluster access"
+            raise ClusterError(f"no cluster access: {_one_line(exc)}") from None
+        self.host = str(api.configuration.host)
+        self._core: Any = client.CoreV1Api(api)
+        self._apps: Any = client.AppsV1Api(api)
+        self._batch: Any = client.BatchV1Api(api)
+        self._version: Any = client.VersionApi(api)
+
+    def version(self) -> tuple[int, int] | None:
+        """The cluster's Kubernetes minor, None when it does not say."""
+        info = self._call("read the cluster version", self._version.get_code) or {}
+        try:
+            return int(info["major"]), int(str(info["minor"]).rstrip("+"))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def namespaces(self) -> list[dict[str, Any]]:
+        return self._list("list namespaces", self._core.list_namespace)
+
+    def namespace(self, name: str) -> dict[str, Any] | None:
+        return self._call(f"read namespace {name}", self._core.read_namespace, name,
+                          missing_ok=True)
+
+    def pods(self, namespace: str | None = None, *,
+             label_selector: str | None = None) -> list[dict[str, Any]]:
+        """The pods of `namespace` (None: of every namespace), optionally by label."""
+        if namespace is None:
+            return self._list("list pods", self._core.list_pod_for_all_namespaces,
+                              label_selector=label_selector)
+        return self._list(f"list pods in namespace {namespace}",
+                          self._core.list_namespaced_pod, namespace,
+                          label_selector=label_selector)
+
+    def read(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+        """A pod's ReplicaSet or Job (to find its Deployment or CronJob); None when gone."""
+        method = {"ReplicaSet": self._apps.read_namespaced_replica_set,
+                  "Job": self._batch.read_namespaced_job}[kind]
+        return self._call(f"read {kind} {namespace}/{name}", method, name, namespace,
+                          missing_ok=True)
+
+    def config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._call(f"read ConfigMap {namespace}/{name}",
+                          self._core.read_namespaced_config_map, name, namespace,
+                          missing_ok=True)
+
+    def restart(self, namespace: str, kind: str, name: str, body: dict[str, Any], *,
+                dry_run: bool) -> dict[str, Any]:
+        """Patch a Deployment's, StatefulSet's or DaemonSet's pod template (`kubectl rollout
+        restart`); with `dry_run`, the apiserver checks the patch and stores nothing."""
+        method = {"Deployment": self._apps.patch_namespaced_deployment,
+                  "StatefulSet": self._apps.patch_namespaced_stateful_set,
+                  "DaemonSet": self._apps.patch_namespaced_daemon_set}[kind]
+        extra: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
+        patched = self._call(f"restart {kind} {namespace}/{name}", method, name, namespace, body,
+                             _content_type=STRATEGIC_MERGE, **extra)
+        return patched or {}  # never None: without missing_ok a 404 raises
+
+    def _list(self, what: str, method: Callable[..., Any], *args: Any,
+              **kwargs: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            page = self._call(what, method, *args, limit=PAGE, _continue=token, **kwargs) or {}
+            items += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue") or None
+            if token is None:
+                return items
+
+    def _call(self, what: str, method: Callable[..., Any], *args: Any,
+              missing_ok: bool = False, **kwargs: Any) -> dict[str, Any] | None:
+        try:
+            response = method(*args, _preload_content=False, _request_timeout=CALL_TIMEOUT,
+                              **kwargs)
+            result: dict[str, Any] = json.loads(response.data)
+        except Exception as exc:  # the client raises many types; each becomes one line
+            if missing_ok and getattr(exc, "status", None) == 404:
+                return None
+            raise ClusterError(f"cannot {what}: {_one_line(exc, self.host)}") from None
+        return result
+
+
+#: how urllib3 names the connection at the start of its errors, which says nothing new
+_CONNECTION = re.compile(r"^<?[\w.]*Connection\w*(?:\(.*?\))?(?: object)?(?: at 0x[0-9a-f]+)?>?: ")
+
+
+def _one_line(exc: Exception, host: str = "") -> str:
+    """An API error as `403 Forbidden: <the apiserver's message>`; a connection error as what
+    went wrong reaching `host`; anything else as its text, on one line."""
+    status = getattr(exc, "status", None)
+    if status is not None and hasattr(exc, "body"):
+        message = ""
+        try:
+            body = json.loads(getattr(exc, "body", "") or "")
+            message = str(body.get("message") or "") if isinstance(body, dict) else ""
+        except ValueError:
+            pass
+        text = f"{status} {getattr(exc, 'reason', '') or ''}".strip()
+        return f"{text}: {message}" if message else text
+    reason = getattr(exc, "reason", None)  # urllib3's MaxRetryError wraps the real cause
+    if isinstance(reason, Exception):
+        cause = _CONNECTION.sub("", str(reason))  # drop "HTTPSConnection(host=..): "
+        return " ".join(f"cannot reach {host}: {cause}".split())
+    return " ".join(str(exc).split()) or type(exc).__name__
