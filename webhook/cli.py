@@ -82,7 +82,8 @@ def _serve_option(name: str, **kwargs: Any) -> Decorator:
 @_serve_option("--default-policies", help="Policies for pods that name none, e.g. 'logging,auth'.")
 @_serve_option("--prefix", help="Annotation and label prefix [default: sidecar.company.com].")
 @_serve_option("--kubeconfig", type=click.Path(path_type=Path),
-               help="Kubeconfig for the Namespace watch [default: in-cluster config, if any].")
+               help="Kubeconfig for the Namespace watch and the Events on pods' owners "
+                    "[default: in-cluster config, if any; neither: no cluster access].")
 @_serve_option("--strict/--no-strict",
                help="Deny pods that name an unknown policy, or whose injection would break "
                     "their namespace's Pod Security level.")
@@ -101,7 +102,12 @@ def _serve_option(name: str, **kwargs: Any) -> Decorator:
 @_serve_option("--reload-interval", type=float,
                help="Seconds between checks of the policy and certificate files [default: 2].")
 def serve(**flags: Any) -> None:
-    """Run the HTTPS admission webhook (POST /mutate, /healthz, /readyz, /metrics)."""
+    """Run the HTTPS admission webhook (POST /mutate, /validate, /healthz, /readyz, /metrics).
+
+    /mutate injects Pods; /validate (and /mutate) answers Deployments, StatefulSets, DaemonSets,
+    ReplicaSets, Jobs and CronJobs with warnings only. With cluster access, a skipped or denied
+    pod's owner gets an Event (InjectionSkipped, InjectionDenied).
+    """
     given = {key: value for key, value in flags.items() if value is not None}
     if "policies_dir" in given:
         given["policies"] = given.pop("policies_dir")
@@ -155,7 +161,9 @@ def inject(*, source: str, policies_dir: Path | None, default_policies: str,
     """Inject Pods and pod templates in a manifest offline; write YAML to stdout.
 
     Reads Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs and Lists,
-    in one or more YAML documents. Other kinds pass through unchanged.
+    in one or more YAML documents. Other kinds pass through unchanged. Warnings (stderr) are the
+    webhook's: for a workload also the P/inject annotation on the workload instead of its pod
+    template, as the webhook warns when the workload is applied.
     """
     fields: dict[str, Any] = {"default_policies": default_policies, "strict": strict,
                               "on_conflict": on_conflict, "kube_version": kube_version}

@@ -7,6 +7,10 @@ Every caller (the server's `/mutate`, the `inject` CLI, the end-to-end suite) go
     restricted to other namespaces, one for another operating system, one that would break
     the namespace's Pod Security level) -> render the additions -> build the patch -> outcome
 
+`workload_warnings` runs the same selection, namespace and clash rules on a workload's pod
+template, for the warnings the webhook returns when a Deployment (or another pod-template owner)
+is applied: what its pods will not get, said before any pod exists.
+
 It is pure: no I/O, no web framework, no Kubernetes client. Bad input is a `Deny` (an object that
 is not a pod) or a `Skip`, never an exception.
 """
@@ -21,6 +25,7 @@ from typing import Any
 import jsonpatch
 import jsonpointer
 
+from webhook.keys import OPT_IN, Keys
 from webhook.patch import Operation, injection_patch, removal_patch, serialize, stamp_patch
 from webhook.platform import pod_os
 from webhook.podsecurity import Level, new_violations
@@ -30,10 +35,22 @@ from webhook.render import (
     OnConflict,
     PodView,
     RenderOptions,
+    clashes,
     render,
     skipped_status,
 )
-from webhook.selection import Decision, Deny, Inject, Selection, Skip, SkipReason, select
+from webhook.selection import (
+    Decision,
+    Deny,
+    Inject,
+    Selection,
+    Skip,
+    SkipReason,
+    describe_pod,
+    requested_policies,
+    select,
+)
+from webhook.workloads import CHECKED_WORKLOADS, POD_PATHS
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +172,8 @@ def _rules(pod: dict[str, Any], view: PodView, options: RenderOptions, *,
     policies still chosen and names those it leaves out, and why."""
     system = pod_os(view.spec)
     rules: list[tuple[SkipReason, Rule]] = [
-        (SkipReason.NAMESPACE_NOT_ALLOWED,
-         lambda chosen: _namespace_problems(view, chosen, namespace_labels)),
+        (SkipReason.NAMESPACE_NOT_ALLOWED, lambda chosen: _namespace_problems(
+            f"pod {view.name}", view.namespace, chosen, namespace_labels)),
         (SkipReason.UNSUPPORTED_OS, lambda chosen: [
             (policy, f"pod {view.name}: injection policy {policy.name!r} skipped: it supports "
                      f"{', '.join(sorted(policy.systems))}, and the pod runs on {system.value}")
@@ -167,24 +184,24 @@ def _rules(pod: dict[str, Any], view: PodView, options: RenderOptions, *,
     return rules
 
 
-def _namespace_problems(view: PodView, chosen: Sequence[CompiledPolicy],
+def _namespace_problems(subject: str, namespace: str, chosen: Sequence[CompiledPolicy],
                         labels: Mapping[str, str] | None) -> Problems:
-    """The restricted policies the pod's namespace may not use; all of them when its labels are
-    not known (fail closed)."""
+    """The restricted policies `namespace` may not use, each with a warning that starts with
+    `subject` (the pod); all of them when its labels are not known (fail closed)."""
     problems = []
     for policy in chosen:
         if policy.namespaces is None:
             continue
         if labels is None:
             problems.append((policy, (
-                f"pod {view.name}: injection policy {policy.name!r} skipped: it is restricted to "
+                f"{subject}: injection policy {policy.name!r} skipped: it is restricted to "
                 f"namespaces matching {policy.namespaces.describe()}, and the labels of namespace "
-                f"{view.namespace} are not known (no cluster access): not applied")))
+                f"{namespace} are not known (no cluster access): not applied")))
         elif not policy.namespaces.matches(labels):
             problems.append((policy, (
-                f"pod {view.name}: injection policy {policy.name!r} skipped: it is restricted to "
+                f"{subject}: injection policy {policy.name!r} skipped: it is restricted to "
                 f"namespaces matching {policy.namespaces.describe()}, and namespace "
-                f"{view.namespace} is not one of them")))
+                f"{namespace} is not one of them")))
     return problems
 
 
@@ -219,6 +236,108 @@ def unmutate(pod: Any, *, namespace: str, config: EngineConfig) -> list[Operatio
     except InvalidPodError as exc:
         raise ValueError(str(exc)) from None
     return removal_patch(view, config.selection.keys.status)
+
+
+def workload_warnings(
+    obj: Any,
+    *,
+    namespace: str,
+    policies: PolicySet,
+    config: EngineConfig,
+    namespace_policies: Sequence[str] | None = None,
+    namespace_labels: Mapping[str, str] | None = None,
+    template_checks: bool = True,
+) -> tuple[str, ...]:
+    """What to warn about when the workload `obj` (a Deployment, StatefulSet, DaemonSet,
+    ReplicaSet, Job or CronJob) is created or updated in `namespace`: the opt-in annotation or
+    label on the workload instead of its pod template, and the template's policies that its pods
+    will not get (unknown, restricted away from the namespace, clashing names). Never a denial,
+    never a patch; nothing for another kind, or for a workload a controller owns (its owner was
+    checked). `template_checks` False leaves out what `mutate` on the template reports anyway
+    (the offline `inject` runs both). Arguments as for `mutate`."""
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    if not isinstance(kind, str) or kind not in CHECKED_WORKLOADS:
+        return ()
+    metadata = _mapping(obj.get("metadata"))
+    template = _dig(obj, POD_PATHS[kind])
+    if config.selection.untouched(namespace) or _controlled(metadata) or template is None:
+        return ()
+    path = ".".join(POD_PATHS[kind])
+    subject = f"{kind} {describe_pod(metadata, namespace)}"
+    keys = config.selection.keys
+    warnings = _misplaced_opt_in(subject, path, metadata, _mapping(template.get("metadata")),
+                                 keys=keys, namespace_labels=namespace_labels)
+    if not template_checks:
+        return tuple(warnings)
+    try:
+        view = PodView.of(template, namespace)
+    except InvalidPodError:
+        return tuple(warnings)  # the apiserver refuses such a template itself
+    names = requested_policies(view.metadata, namespace=namespace, settings=config.selection,
+                               namespace_policies=namespace_policies)
+    if isinstance(names, Skip):
+        return tuple(warnings)
+    strict = config.selection.strict
+    unknown = [name for name in names if name not in policies.policies]
+    if unknown:
+        warnings.append(
+            f"{subject}: its pod template asks for unknown injection policy "
+            f"{', '.join(repr(name) for name in unknown)} (known policies: "
+            f"{', '.join(policies.names()) or 'none'}): its pods will be "
+            f"{'denied' if strict else 'admitted without injection'}; check the {keys.inject} "
+            f"annotation in {path}.metadata.annotations")
+    known = [policies[name] for name in names if name not in unknown]
+    refused = _namespace_problems(f"{subject}: pod template", namespace, known, namespace_labels)
+    warnings += [problem + ("; its pods will be denied" if strict else "")
+                 for _, problem in refused]
+    left_out = {policy.name for policy, _ in refused}
+    allowed = [policy for policy in known if policy.name not in left_out]
+    for policy, clash in clashes(view, allowed):
+        fate = ("its pods will be denied" if config.on_conflict == "deny"
+                else f"its pods will be admitted without {policy.name!r}")
+        warnings.append(f"{subject}: pod template: {clash}: {fate}; rename one of them or leave "
+                        f"{policy.name!r} out of the {keys.inject} annotation")
+    return tuple(warnings)
+
+
+def _misplaced_opt_in(subject: str, path: str, metadata: Mapping[str, Any],
+                      template: Mapping[str, Any], *, keys: Keys,
+                      namespace_labels: Mapping[str, str] | None) -> list[str]:
+    """The `P/inject` annotation (or opt-in label) put on the workload's own metadata, where
+    the webhook never reads it, and missing from its pod template, where it would."""
+    warnings = []
+    own, theirs = _mapping(metadata.get("annotations")), _mapping(template.get("annotations"))
+    if keys.inject in own and keys.inject not in theirs:
+        warnings.append(
+            f"{subject}: annotation {keys.inject}={own[keys.inject]!r} is on the workload's own "
+            f"metadata, where the webhook does not read it; its pods are made from the pod "
+            f"template: move the annotation to {path}.metadata.annotations")
+    own, theirs = _mapping(metadata.get("labels")), _mapping(template.get("labels"))
+    opted_in = namespace_labels is not None and namespace_labels.get(keys.inject) == OPT_IN
+    if (namespace_labels is not None and not opted_in and own.get(keys.inject) == OPT_IN
+            and keys.inject not in theirs):
+        warnings.append(
+            f"{subject}: label {keys.inject}={OPT_IN} is on the workload's own metadata, which "
+            f"opts none of its pods in (the namespace is not opted in): move the label to "
+            f"{path}.metadata.labels")
+    return warnings
+
+
+def _controlled(metadata: Mapping[str, Any]) -> bool:
+    """Whether a controller owns the object (a Deployment's ReplicaSet, a CronJob's Job)."""
+    owners = metadata.get("ownerReferences")
+    return isinstance(owners, list) and any(
+        isinstance(owner, dict) and owner.get("controller") is True for owner in owners)
+
+
+def _dig(obj: Any, path: Sequence[str]) -> dict[str, Any] | None:
+    for key in path:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj if isinstance(obj, dict) else None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _skip(view: PodView, decision: Skip, status_key: str) -> Outcome:

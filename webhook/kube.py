@@ -1,5 +1,6 @@
-"""The only user of the Kubernetes client: a watch on Namespaces for their default policies, and
-the one-shot reads and restarts of `drift` (`Cluster`).
+"""The only user of the Kubernetes client: a watch on Namespaces for their default policies,
+the Events on pods' owners (`ApiEventSink`, for events.py), and the one-shot reads and restarts
+of `drift` (`Cluster`).
 
 Keeps `namespace -> P/policies` in memory. Without cluster access (no kubeconfig, no in-cluster
 config, or the apiserver refuses) the server still serves: `lookup` answers None ("unknown") and
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from webhook.errors import ClusterError
+from webhook.events import EventSinkError
 from webhook.podsecurity import ENFORCE_LABEL, Level, parse_level
 from webhook.selection import parse_policy_list
 
@@ -178,6 +180,54 @@ def _reason(exc: Exception) -> str:
     if status is not None:
         return f"{status} {getattr(exc, 'reason', '')}: {getattr(exc, 'body', '') or ''}".strip()
     return str(exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Events on pods' owners (the recorder and its queue are in events.py)
+
+EVENT_CALL_TIMEOUT = (5, 10)  # seconds to connect, then to answer
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class ApiEventSink:
+    """`events.EventSink` on core/v1 Events; every failure is an `EventSinkError`."""
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client  # noqa: PLC0415 - only when serving
+
+        self._core: Any = client.CoreV1Api(api_client)
+
+    @classmethod
+    def connect(cls, kubeconfig: Path | None) -> ApiEventSink | None:
+        """A sink with the same cluster access as the Namespace watch; None without any."""
+        if kubeconfig is None and "KUBERNETES_SERVICE_HOST" not in os.environ:
+            return None
+        try:
+            from kubernetes import client  # noqa: PLC0415
+            from kubernetes import config as kube_config  # noqa: PLC0415
+
+            loader: Any = kube_config
+            if kubeconfig is not None:
+                return cls(loader.new_client_from_config(config_file=str(kubeconfig)))
+            loader.load_incluster_config()
+            return cls(client.ApiClient())
+        except Exception as exc:  # any config problem means "no cluster access"
+            log.warning("no cluster access: no Events are recorded", extra={"reason": str(exc)})
+            return None
+
+    def create(self, namespace: str, body: dict[str, Any]) -> None:
+        self._call(self._core.create_namespaced_event, namespace, body)
+
+    def patch(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        self._call(self._core.patch_namespaced_event, name, namespace, body,
+                   _content_type=MERGE_PATCH)
+
+    @staticmethod
+    def _call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        try:
+            method(*args, _preload_content=False, _request_timeout=EVENT_CALL_TIMEOUT, **kwargs)
+        except Exception as exc:  # the client raises many types; each becomes one line
+            raise EventSinkError(getattr(exc, "status", None), _reason(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------

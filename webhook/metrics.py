@@ -28,6 +28,13 @@ class Metrics:
         self.cert_expiry = Gauge(
             "sidecar_injector_cert_expiry_timestamp_seconds",
             "When the serving certificate expires (Unix time).", registry=self.registry)
+        self.events_dropped = Counter(
+            "sidecar_injector_events_dropped",
+            "Events on pod owners not recorded, by why (queue-full, forbidden, api-error, "
+            "too-many-owners, shutdown); admissions never wait for Events.",
+            ["reason"], registry=self.registry)
+        for reason in ("queue-full", "forbidden", "api-error"):
+            self.events_dropped.labels(reason)
 
     def record(self, result: str, policies: tuple[str, ...], seconds: float) -> None:
         """Count one answered review and its duration."""
@@ -37,3 +44,7 @@ class Metrics:
                 counter = self._children[(result, policy)] = self.requests.labels(result, policy)
             counter.inc()
         self.duration.observe(seconds)
+
+    def drop_events(self, reason: str, count: int) -> None:
+        """Count `count` Events not recorded, for `reason`."""
+        self.events_dropped.labels(reason).inc(count)

@@ -2,7 +2,8 @@
 
 Reads every document, finds each pod or pod template (`workloads`), calls `engine.mutate` (or
 `engine.unmutate` for `--remove`) and applies the patch with `jsonpatch`, so the output is exactly
-what the webhook's patch would make. Objects it does not know pass through unchanged.
+what the webhook's patch would make; for a workload, also `engine.workload_warnings` (what the
+webhook warns about when it is applied). Objects it does not know pass through unchanged.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import jsonpatch
 
-from webhook.engine import EngineConfig, Outcome, mutate, unmutate
+from webhook.engine import EngineConfig, Outcome, mutate, unmutate, workload_warnings
 from webhook.errors import InputError
 from webhook.podsecurity import Level
 from webhook.policy import PolicySet
@@ -65,6 +66,10 @@ def inject_text(
             if remove:
                 _remove(slot, config, where, report, namespace)
                 continue
+            report.warnings.extend(f"{where}: {w}" for w in workload_warnings(
+                slot.owner, namespace=slot.namespace or namespace, policies=policies,
+                config=config, namespace_policies=namespace_policies,
+                namespace_labels=namespace_labels, template_checks=False))  # mutate says the rest
             outcome = mutate(pod, namespace=slot.namespace or namespace, policies=policies,
                              config=config,
                              namespace_policies=namespace_policies, pod_security=pod_security,

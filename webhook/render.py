@@ -132,19 +132,16 @@ def sidecars_native(policy: CompiledPolicy, kube_version: tuple[int, int] | None
 def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOptions) -> Rendered:
     """Work out every addition for `policies` (in order) on `pod`; a clash denies or skips."""
     out = Rendered()
-    taken = _Names(pod)
-    chosen: list[CompiledPolicy] = []
-    for policy in policies:
-        clash = taken.clash(policy)
-        if clash is None:
-            taken.claim(policy)
-            chosen.append(policy)
-            continue
-        if options.on_conflict == "deny":
-            out.denial = (f"pod {pod.name}: {clash}; rename one of them or leave "
-                          f"{policy.name!r} out of the {options.inject_key} annotation")
-            return out
+    found = clashes(pod, policies)
+    if found and options.on_conflict == "deny":
+        policy, clash = found[0]
+        out.denial = (f"pod {pod.name}: {clash}; rename one of them or leave "
+                      f"{policy.name!r} out of the {options.inject_key} annotation")
+        return out
+    for policy, clash in found:
         out.warnings.append(f"pod {pod.name}: injection policy {policy.name!r} skipped: {clash}")
+    clashing = {policy.name for policy, _ in found}
+    chosen = [policy for policy in policies if policy.name not in clashing]
     if not chosen:
         return out
     substitute = _Substitution(pod)
@@ -187,6 +184,20 @@ def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOpti
     out.annotations[options.status_key] = json.dumps(status, separators=(",", ":"),
                                                      ensure_ascii=False)
     return out
+
+
+def clashes(pod: PodView, policies: Sequence[CompiledPolicy]) -> list[tuple[CompiledPolicy, str]]:
+    """The policies (in order) whose container or volume names clash with the pod's or with an
+    earlier policy's that does not clash itself, each with the clash described."""
+    taken = _Names(pod)
+    found = []
+    for policy in policies:
+        clash = taken.clash(policy)
+        if clash is None:
+            taken.claim(policy)
+        else:
+            found.append((policy, clash))
+    return found
 
 
 def _token_mount(pod: PodView) -> str | None:

@@ -7,12 +7,14 @@ answers HTTP 400); a pod that cannot be injected is an `allowed: false` response
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from webhook.engine import Outcome
+from webhook.workloads import CHECKED_WORKLOADS
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
@@ -42,6 +44,13 @@ class Review:
         """Only a Pod CREATE (not a subresource) is ever mutated."""
         return (self.operation == "CREATE" and self.kind == "Pod" and self.group == ""
                 and not self.sub_resource)
+
+    @property
+    def is_workload_write(self) -> bool:
+        """A CREATE or UPDATE of a pod-template owner (not a subresource): checked, never
+        mutated."""
+        return (self.operation in ("CREATE", "UPDATE") and not self.sub_resource
+                and CHECKED_WORKLOADS.get(self.kind) == self.group)
 
 
 def parse_review(body: bytes) -> Review:
@@ -75,9 +84,12 @@ def parse_review(body: bytes) -> Review:
     )
 
 
-def allow(uid: str) -> dict[str, Any]:
-    """An answer that admits the object unchanged."""
-    return _envelope({"uid": uid, "allowed": True})
+def allow(uid: str, warnings: Sequence[str] = ()) -> dict[str, Any]:
+    """An answer that admits the object unchanged, with `warnings` for the client if any."""
+    response: dict[str, Any] = {"uid": uid, "allowed": True}
+    if warnings:
+        response["warnings"] = list(warnings)
+    return _envelope(response)
 
 
 def answer(uid: str, outcome: Outcome) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """What the server serves from: the current policy set, the engine settings, namespace defaults,
-metrics. `decide` is the whole request pipeline after parsing: review -> engine -> answer."""
+metrics, the Event recorder. `decide` is the whole request pipeline after parsing: review ->
+engine -> answer (a Pod CREATE is mutated; a workload CREATE or UPDATE only gets warnings)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from webhook.engine import EngineConfig, Outcome, mutate
+from webhook.engine import EngineConfig, Outcome, mutate, workload_warnings
+from webhook.events import EVENT_RESULTS, EventRecorder, Owner, Reason
 from webhook.kube import NamespaceDefaults
 from webhook.metrics import Metrics
 from webhook.policy import PolicySet
@@ -27,6 +29,7 @@ class Runtime:
     namespaces: NamespaceDefaults | None = None
     metrics: Metrics = field(default_factory=Metrics)
     tls_ready: bool = False
+    events: EventRecorder | None = None
 
     def __post_init__(self) -> None:
         self.metrics.policies_loaded.set(len(self.policies))
@@ -44,6 +47,8 @@ class Runtime:
     def decide(self, review: Review) -> dict[str, Any]:
         """The AdmissionReview to send back for `review`; logs and counts it."""
         started = time.perf_counter()
+        if review.is_workload_write:
+            return self._check_workload(review, started)
         if not review.is_pod_create:
             self.metrics.record("passthrough", (), time.perf_counter() - started)
             return allow(review.uid)
@@ -59,9 +64,50 @@ class Runtime:
         response = answer(review.uid, outcome)
         elapsed = time.perf_counter() - started
         self.metrics.record(outcome.result, outcome.policies, elapsed)
+        if self.events is not None and not review.dry_run:
+            self._record_event(review, outcome)
         if log.isEnabledFor(logging.INFO):
             self._log(review, outcome, elapsed)
         return response
+
+    def validate(self, review: Review) -> dict[str, Any]:
+        """The answer on the validating path: warnings for a workload, never a patch."""
+        if review.is_workload_write:
+            return self._check_workload(review, time.perf_counter())
+        self.metrics.record("passthrough", (), 0.0)
+        return allow(review.uid)
+
+    def _check_workload(self, review: Review, started: float) -> dict[str, Any]:
+        namespaces = self.namespaces
+        warnings = workload_warnings(
+            review.object, namespace=review.namespace, policies=self.policies, config=self.config,
+            namespace_policies=namespaces.lookup(review.namespace) if namespaces else None,
+            namespace_labels=namespaces.labels(review.namespace) if namespaces else None)
+        elapsed = time.perf_counter() - started
+        self.metrics.record("workload-checked", (), elapsed)
+        if log.isEnabledFor(logging.INFO):
+            metadata = review.object.get("metadata") if isinstance(review.object, dict) else None
+            log.info("workload review", extra={
+                "uid": review.uid, "namespace": review.namespace, "operation": review.operation,
+                "workload": f"{review.kind} "
+                            f"{describe_pod(metadata if isinstance(metadata, dict) else {}, '')}",
+                "result": "workload-checked", "dry_run": review.dry_run,
+                **({"warnings": list(warnings)} if warnings else {}),
+                "duration_ms": round(elapsed * 1000, 3),
+            })
+        return allow(review.uid, warnings)
+
+    def _record_event(self, review: Review, outcome: Outcome) -> None:
+        """An Event on the pod's owner when a policy it asked for was not applied."""
+        reason = EVENT_RESULTS.get(outcome.result)
+        if reason is None and outcome.policies and outcome.warnings:
+            reason = Reason.SKIPPED  # injected, but some asked-for policy left out
+        if reason is None or self.events is None:
+            return
+        owner = Owner.of(review.object, review.namespace)
+        if owner is not None:
+            message = outcome.message if reason is Reason.DENIED else "; ".join(outcome.warnings)
+            self.events.record(owner, reason, message or outcome.result)
 
     def _log(self, review: Review, outcome: Outcome, elapsed: float) -> None:
         metadata = review.object.get("metadata") if isinstance(review.object, dict) else None

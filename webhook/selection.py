@@ -97,6 +97,33 @@ def select(
 ) -> Decision:
     """Decide for a pod from its metadata; `namespace_policies` None means "not known"."""
     keys = settings.keys
+    names = requested_policies(metadata, namespace=namespace, settings=settings,
+                               namespace_policies=namespace_policies)
+    if isinstance(names, Skip):
+        return names
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        pod = describe_pod(metadata, namespace)
+        listed = ", ".join(repr(name) for name in unknown)
+        if settings.strict:
+            return Deny(f"pod {pod}: unknown injection policy {listed}; "
+                        f"known policies: {', '.join(sorted(known)) or 'none'}")
+        warning = (f"pod {pod} was admitted without injection: unknown injection policy "
+                   f"{listed} (check the {keys.inject} annotation)")
+        return Skip(SkipReason.UNKNOWN_POLICY, (warning,))
+    return Inject(names)
+
+
+def requested_policies(
+    metadata: Mapping[str, object],
+    *,
+    namespace: str,
+    settings: Selection,
+    namespace_policies: Sequence[str] | None = None,
+) -> tuple[str, ...] | Skip:
+    """The policies a pod (or a pod template) asks for, in order, known or not; or the `Skip`
+    that says why it asks for none."""
+    keys = settings.keys
     if settings.untouched(namespace):
         return Skip(SkipReason.SYSTEM_NAMESPACE)
     annotations = _string_map(metadata.get("annotations"))
@@ -110,19 +137,7 @@ def select(
         names = tuple(namespace_policies or ()) or settings.default_policies
     else:
         names = parse_policy_list(requested)
-    if not names:
-        return Skip(SkipReason.NO_POLICIES)
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        pod = describe_pod(metadata, namespace)
-        listed = ", ".join(repr(name) for name in unknown)
-        if settings.strict:
-            return Deny(f"pod {pod}: unknown injection policy {listed}; "
-                        f"known policies: {', '.join(sorted(known)) or 'none'}")
-        warning = (f"pod {pod} was admitted without injection: unknown injection policy "
-                   f"{listed} (check the {keys.inject} annotation)")
-        return Skip(SkipReason.UNKNOWN_POLICY, (warning,))
-    return Inject(names)
+    return names or Skip(SkipReason.NO_POLICIES)
 
 
 def _string_map(value: object) -> dict[str, str]:

@@ -1,8 +1,9 @@
-"""The HTTP edge: `create_app` builds the ASGI app; `/mutate` bypasses the framework.
+"""The HTTP edge: `create_app` builds the ASGI app; `/mutate` and `/validate` bypass the framework.
 
 `/mutate` runs for every Pod in the cluster, so it is a plain ASGI handler in front of FastAPI:
 read the body once (413 past the limit, without reading it whole), parse it once (400 on a bad
-review), call `Runtime.decide`, write the JSON. FastAPI serves everything else: `/healthz`,
+review), call `Runtime.decide` (`Runtime.validate` for `/validate`, the workload checks of the
+validating webhook, which never patch), write the JSON. FastAPI serves everything else: `/healthz`,
 `/readyz`, `/metrics`. A bug in the engine is logged with the uid and answered 500, so the
 apiserver applies the configured failurePolicy; nothing a client sends can raise.
 """
@@ -23,6 +24,7 @@ from webhook.runtime import Runtime
 
 log = logging.getLogger("sidecar_injector.server")
 MUTATE_PATH = "/mutate"
+VALIDATE_PATH = "/validate"
 
 
 class _BodyTooLargeError(Exception):
@@ -30,7 +32,7 @@ class _BodyTooLargeError(Exception):
 
 
 class MutateEndpoint:
-    """ASGI app for `POST /mutate`; everything else goes to `fallback`."""
+    """ASGI app for `POST /mutate` and `POST /validate`; everything else goes to `fallback`."""
 
     def __init__(self, runtime: Runtime, fallback: ASGIApp, max_body_bytes: int) -> None:
         self.runtime = runtime
@@ -38,7 +40,7 @@ class MutateEndpoint:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != MUTATE_PATH:
+        if scope["type"] != "http" or scope["path"] not in (MUTATE_PATH, VALIDATE_PATH):
             await self.fallback(scope, receive, send)
             return
         if scope["method"] != "POST":
@@ -56,7 +58,8 @@ class MutateEndpoint:
             await _send_json(send, 400, {"error": str(exc)})
             return
         try:
-            payload = self.runtime.decide(review)
+            decide = self.runtime.decide if scope["path"] == MUTATE_PATH else self.runtime.validate
+            payload = decide(review)
         except Exception:
             log.exception("internal error answering an admission review",
                           extra={"uid": review.uid, "namespace": review.namespace})

@@ -1,5 +1,6 @@
 """Runs `serve`: load policies, set up TLS (dev certificates when none are given), start the
-namespace watch and the reloader, and serve with uvicorn until SIGTERM, then exit 0."""
+namespace watch, the Event recorder (both only with cluster access) and the reloader, and serve
+with uvicorn until SIGTERM, then exit 0."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from webhook import certs, logs
 from webhook.errors import CertificateError, PolicyError
-from webhook.kube import NamespaceDefaults
+from webhook.events import EventRecorder
+from webhook.kube import ApiEventSink, NamespaceDefaults
 from webhook.policy import load_policy_dir
 from webhook.reload import Reloader, tls_context
 from webhook.runtime import Runtime
@@ -144,6 +146,11 @@ def run(settings: Settings) -> int:
                                    on_version=runtime.learn_kube_version)
     runtime.namespaces = namespaces
     namespaces.start()
+    sink = ApiEventSink.connect(settings.kubeconfig)  # Events need the same cluster access
+    if sink is not None:
+        runtime.events = EventRecorder(sink, on_drop=runtime.metrics.drop_events,
+                                       instance=socket.gethostname())
+        runtime.events.start()
     reloader = Reloader(runtime, policies=settings.policies, context=context, cert=cert, key=key,
                         interval=settings.reload_interval)
     reloader.start()
@@ -164,6 +171,8 @@ def run(settings: Settings) -> int:
     server.run()
     reloader.stop()
     namespaces.stop()
+    if runtime.events is not None:
+        runtime.events.stop()
     log.info("stopped")
     return 0 if server.started else 1
 

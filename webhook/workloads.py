@@ -19,6 +19,17 @@ POD_PATHS: dict[str, tuple[str, ...]] = {
     "PodTemplate": ("template",),
 }
 
+#: The pod-template owners whose CREATE and UPDATE the webhook checks (`engine.workload_warnings`),
+#: by kind, with their API group.
+CHECKED_WORKLOADS: dict[str, str] = {
+    "Deployment": "apps",
+    "StatefulSet": "apps",
+    "DaemonSet": "apps",
+    "ReplicaSet": "apps",
+    "Job": "batch",
+    "CronJob": "batch",
+}
+
 
 @dataclass(slots=True)
 class PodSlot:

@@ -89,6 +89,68 @@ def test_the_webhook_configuration_follows_spec_section_2() -> None:
             "path": "/mutate", "port": 443}
 
 
+def workload_hooks(values: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    (config,) = of_kind(render(values), "ValidatingWebhookConfiguration")
+    return {hook["name"].split(".")[0]: hook for hook in config["webhooks"]}
+
+
+def test_workload_warnings_have_a_validating_entry_per_pod_entry_with_its_selectors() -> None:
+    pods, workloads = webhooks(), workload_hooks()
+    assert set(workloads) == {"workload-namespace", "workload-pod"}
+    for name, hook in workloads.items():
+        pod_hook = pods[name.removeprefix("workload-")]
+        assert hook["namespaceSelector"] == pod_hook["namespaceSelector"]
+        assert (hook["admissionReviewVersions"], hook["sideEffects"], hook["matchPolicy"]) == (
+            ["v1"], "None", "Equivalent")
+        assert (hook["failurePolicy"], hook["timeoutSeconds"]) == ("Ignore", 5)
+        assert hook["clientConfig"]["service"]["path"] == "/validate"
+        assert hook["rules"] == [
+            {"operations": ["CREATE", "UPDATE"], "apiGroups": ["apps"], "apiVersions": ["v1"],
+             "resources": ["deployments", "statefulsets", "daemonsets", "replicasets"],
+             "scope": "Namespaced"},
+            {"operations": ["CREATE", "UPDATE"], "apiGroups": ["batch"], "apiVersions": ["v1"],
+             "resources": ["jobs", "cronjobs"], "scope": "Namespaced"}]
+        conditions = {c["name"]: c["expression"] for c in hook["matchConditions"]}
+        assert "ownerReferences" in conditions["not-controlled"]
+    assert workloads["workload-namespace"]["objectSelector"] == pods["namespace"]["objectSelector"]
+    opted_in = {c["name"]: c["expression"]
+                for c in workloads["workload-pod"]["matchConditions"]}["opted-in-by-label"]
+    assert "'sidecar.company.com/inject' in m.labels" in opted_in
+    assert "object.spec.jobTemplate.spec.template.metadata" in opted_in
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    pytest.param({"webhook.failurePolicy": "Fail"}, {"workload-namespace", "workload-pod"},
+                 id="always-ignore"),
+    pytest.param({"webhook.podOptIn": "false"}, {"workload-namespace"}, id="no-pod-opt-in"),
+    pytest.param({"webhook.workloadWarnings": "false"}, None, id="turned-off"),
+])
+def test_the_workload_entries_follow_the_values(values: dict[str, str],
+                                                 expected: set[str] | None) -> None:
+    configs = of_kind(render(values), "ValidatingWebhookConfiguration")
+    if expected is None:
+        assert configs == []
+        return
+    hooks = {hook["name"].split(".")[0]: hook for hook in configs[0]["webhooks"]}
+    assert set(hooks) == expected
+    assert {hook["failurePolicy"] for hook in hooks.values()} == {"Ignore"}
+
+
+def test_with_a_url_the_workload_entries_call_its_validate_path() -> None:
+    hooks = workload_hooks({"webhook.url": "https://127.0.0.1:9443/mutate",
+                            "webhook.caBundle": CA})
+    for hook in hooks.values():
+        assert hook["clientConfig"] == {"url": "https://127.0.0.1:9443/validate", "caBundle": CA}
+
+
+def test_the_rbac_grants_only_namespace_reads_and_event_writes() -> None:
+    (role,) = of_kind(render(), "ClusterRole")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}]
+    assert of_kind(render(), "Role") == []
+
+
 def test_failure_policy_timeout_prefix_and_url_are_values() -> None:
     hooks = webhooks({"webhook.failurePolicy": "Fail", "webhook.timeoutSeconds": "3",
                       "prefix": "acme.io", "webhook.url": "https://127.0.0.1:9443/mutate",
@@ -102,8 +164,8 @@ def test_failure_policy_timeout_prefix_and_url_are_values() -> None:
 def test_an_external_url_renders_no_in_cluster_server() -> None:
     kinds = {obj["kind"] for obj in render({"webhook.url": "https://127.0.0.1:1/mutate",
                                             "webhook.caBundle": CA})}
-    assert kinds == {"MutatingWebhookConfiguration", "ValidatingAdmissionPolicy",
-                     "ValidatingAdmissionPolicyBinding"}
+    assert kinds == {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 def test_generated_certificates_chain_to_the_ca_bundle() -> None:
@@ -116,16 +178,18 @@ def test_generated_certificates_chain_to_the_ca_bundle() -> None:
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "release-sidecar-injector.sidecar-injector.svc" in sans.get_values_for_type(
         x509.DNSName)
-    for hook in of_kind(objects, "MutatingWebhookConfiguration")[0]["webhooks"]:
-        assert base64.b64decode(hook["clientConfig"]["caBundle"]) == ca_pem
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        for hook in of_kind(objects, kind)[0]["webhooks"]:
+            assert base64.b64decode(hook["clientConfig"]["caBundle"]) == ca_pem
 
 
 def test_cert_manager_mode_asks_the_cainjector_for_the_bundle() -> None:
     objects = render({"certificates.mode": "certManager"})
-    (config,) = of_kind(objects, "MutatingWebhookConfiguration")
-    assert config["metadata"]["annotations"] == {
-        "cert-manager.io/inject-ca-from": "sidecar-injector/release-sidecar-injector"}
-    assert all("caBundle" not in h["clientConfig"] for h in config["webhooks"])
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        (config,) = of_kind(objects, kind)
+        assert config["metadata"]["annotations"] == {
+            "cert-manager.io/inject-ca-from": "sidecar-injector/release-sidecar-injector"}
+        assert all("caBundle" not in h["clientConfig"] for h in config["webhooks"])
     assert of_kind(objects, "Secret") == []
     serving = [c for c in of_kind(objects, "Certificate") if not c["spec"].get("isCA")]
     assert serving[0]["spec"]["secretName"] == "release-sidecar-injector-tls"

@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.controlplane import K8S_VERSION, ROOT, ControlPlane
 from tests.e2e.kube import ApiException, Kube, wait_for
-from tests.e2e.webhookconfig import INJECT, RELEASE_NAMESPACE, webhook_configuration
+from tests.e2e.webhookconfig import INJECT, RELEASE_NAMESPACE, VALIDATING, webhook_configuration
 from tests.serverproc import ServerProcess
 
 STATUS = "sidecar.company.com/status"
@@ -77,6 +77,9 @@ def register(kube: Kube, webhook: Webhook) -> Register:
     def apply(failure_policy: str) -> None:
         kube.apply_mutating_webhook(webhook_configuration(
             url=webhook.mutate_url, ca_bundle=webhook.ca_bundle, failure_policy=failure_policy))
+        kube.apply_validating_webhook(webhook_configuration(  # the workload warnings
+            url=webhook.mutate_url, ca_bundle=webhook.ca_bundle, failure_policy=failure_policy,
+            kind=VALIDATING))
         wait_for(lambda: _webhook_called(kube, probe_ns), 60,
                  "the webhook configuration to take effect")
 

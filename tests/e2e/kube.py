@@ -43,9 +43,7 @@ class Kube:
         """Create a pod; the stored pod and the admission warnings the client received."""
         kwargs = {"dry_run": "All"} if dry_run else {}
         pod, _, headers = self.core.create_namespaced_pod_with_http_info(namespace, body, **kwargs)
-        warnings = [w.split('"', 1)[1].rsplit('"', 1)[0] if '"' in w else w
-                    for w in _header_values(headers, "Warning")]
-        return self.plain(pod), warnings
+        return self.plain(pod), _warnings(headers)
 
     def list_pods(self, namespace: str, selector: str = "") -> list[Obj]:
         found = self.core.list_namespaced_pod(namespace, label_selector=selector)
@@ -54,8 +52,13 @@ class Kube:
     def create_service_account(self, namespace: str, name: str) -> None:
         self.core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
 
-    def create_deployment(self, namespace: str, body: Obj) -> None:
-        self.apps.create_namespaced_deployment(namespace, body)
+    def create_deployment(self, namespace: str, body: Obj, *, dry_run: bool = False,
+                          ) -> list[str]:
+        """Create a Deployment; the admission warnings the client received."""
+        kwargs = {"dry_run": "All"} if dry_run else {}
+        _, _, headers = self.apps.create_namespaced_deployment_with_http_info(
+            namespace, body, **kwargs)
+        return _warnings(headers)
 
     def ensure_namespace(self, name: str, *, labels: dict[str, str] | None = None,
                          annotations: dict[str, str] | None = None) -> str:
@@ -91,6 +94,25 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    def apply_validating_webhook(self, body: Obj) -> None:
+        name = body["metadata"]["name"]
+        try:
+            current = self.admission.read_validating_webhook_configuration(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.admission.create_validating_webhook_configuration(body)
+            return
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        self.admission.replace_validating_webhook_configuration(name, body)
+
+    def delete_validating_webhook(self, name: str) -> None:
+        try:
+            self.admission.delete_validating_webhook_configuration(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     @staticmethod
     def exists(read: Callable[[], object]) -> bool:
         try:
@@ -100,6 +122,12 @@ class Kube:
                 return False
             raise
         return True
+
+
+def _warnings(headers: Any) -> list[str]:
+    """The texts of the `Warning` response headers (`299 - "text"`)."""
+    return [w.split('"', 1)[1].rsplit('"', 1)[0] if '"' in w else w
+            for w in _header_values(headers, "Warning")]
 
 
 def _header_values(headers: Any, name: str) -> list[str]:

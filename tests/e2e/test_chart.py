@@ -85,6 +85,7 @@ def test_helm_install_injects_and_uninstall_leaves_nothing(
     selector = f"app.kubernetes.io/instance={RELEASE}"
     leftovers = [
         *kube.admission.list_mutating_webhook_configuration(label_selector=selector).items,
+        *kube.admission.list_validating_webhook_configuration(label_selector=selector).items,
         *kube.admission.list_validating_admission_policy(label_selector=selector).items,
         *kube.admission.list_validating_admission_policy_binding(label_selector=selector).items,
     ]
@@ -177,5 +178,6 @@ def test_generated_certificates_survive_an_upgrade_and_uninstall_removes_everyth
         *kube.core.list_namespaced_secret(namespace, label_selector=selector).items,
         *kube.core.list_namespaced_service_account(namespace, label_selector=selector).items,
         *kube.admission.list_mutating_webhook_configuration(label_selector=selector).items,
+        *kube.admission.list_validating_webhook_configuration(label_selector=selector).items,
     ]
     assert [item.metadata.name for item in leftovers] == []

@@ -1,6 +1,7 @@
-"""The MutatingWebhookConfiguration the suite registers: the Helm chart's own, rendered with
+"""The webhook configurations the suite registers: the Helm chart's own, rendered with
 `webhook.url` pointing at the local `serve` process (and without the guard, which its own tests
-install)."""
+install): the MutatingWebhookConfiguration for pods, and the ValidatingWebhookConfiguration of
+the workload warnings (at the same address, path `/validate`)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,18 @@ RELEASE_NAMESPACE = "sidecar-injector"
 INJECT = "sidecar.company.com/inject"
 
 
+MUTATING = "MutatingWebhookConfiguration"
+VALIDATING = "ValidatingWebhookConfiguration"
+
+
 def webhook_configuration(*, url: str, ca_bundle: str, failure_policy: str,
                           release: str = RELEASE, namespace: str = RELEASE_NAMESPACE,
-                          ) -> dict[str, Any]:
-    """The chart's webhook configuration for a webhook at `url`."""
+                          kind: str = MUTATING) -> dict[str, Any]:
+    """The chart's webhook configuration of `kind` for a webhook whose `/mutate` is `url`."""
     objects = render({"webhook.url": url, "webhook.caBundle": ca_bundle,
                       "webhook.failurePolicy": failure_policy, "guard.enabled": "false"},
                      namespace=namespace, release=release)
-    (config,) = of_kind(objects, "MutatingWebhookConfiguration")
+    (config,) = of_kind(objects, kind)
     assert config["metadata"]["name"] == f"{release}-sidecar-injector"
     return config
 
