@@ -104,6 +104,7 @@ chart-template: tools ## render the chart with its defaults
 
 bench: install ## benchmarks (see docs/benchmarks.md); needs wrk (apt-get install wrk)
 	@command -v wrk >/dev/null || { echo "bench: installing wrk"; apt-get install -y -qq wrk; }
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 clean: ## remove the virtual environment and caches

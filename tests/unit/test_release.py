@@ -58,7 +58,8 @@ def test_constraints_name_only_index_packages_by_version() -> None:
 
 def test_pyproject_dependencies_are_pinned_and_in_the_constraints() -> None:
     project = PYPROJECT["project"]
-    wanted = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    wanted = [*project["dependencies"],
+              *(line for group in project["optional-dependencies"].values() for line in group)]
     constrained = {Requirement(line).name.lower().replace("_", "-"): line
                    for _, line in pins(ROOT / "constraints.txt")}
     for line in wanted:
