@@ -35,6 +35,12 @@ class Metrics:
             ["reason"], registry=self.registry)
         for reason in ("queue-full", "forbidden", "api-error"):
             self.events_dropped.labels(reason)
+        answers = Counter(
+            "sidecar_injector_answer_cache_lookups",
+            "Pod CREATE reviews answered from the cache of answers (hit: a pod equal to one "
+            "answered before, such as another replica of one ReplicaSet) or rendered (miss).",
+            ["result"], registry=self.registry)
+        self.answer_hits, self.answer_misses = answers.labels("hit"), answers.labels("miss")
 
     def record(self, result: str, policies: tuple[str, ...], seconds: float) -> None:
         """Count one answered review and its duration."""

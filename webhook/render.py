@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -200,6 +200,17 @@ def clashes(pod: PodView, policies: Sequence[CompiledPolicy]) -> list[tuple[Comp
     return found
 
 
+#: how the ServiceAccount admission plugin names the token volume: this, then 5 random characters
+SERVICE_ACCOUNT_VOLUME_PREFIX = "kube-api-access-"
+
+
+def token_volume(volumes: Iterable[Any]) -> str | None:
+    """The name of the service-account token volume among a pod's `volumes`, if any."""
+    names = (v.get("name") for v in volumes if isinstance(v, dict))
+    return next((name for name in names if isinstance(name, str)
+                 and name.startswith(SERVICE_ACCOUNT_VOLUME_PREFIX)), None)
+
+
 def _token_mount(pod: PodView) -> str | None:
     """The service-account token mount the ServiceAccount admission plugin gave the pod's own
     containers, as JSON, to give the injected ones too: the plugin then has nothing to add after
@@ -207,8 +218,7 @@ def _token_mount(pod: PodView) -> str | None:
     no such mount (automountServiceAccountToken false, or no token volume)."""
     if pod.spec.get("automountServiceAccountToken") is False:
         return None
-    volume = next((v["name"] for v in pod.volumes if v["name"].startswith("kube-api-access-")),
-                  None)
+    volume = token_volume(pod.volumes)
     mounted = volume is not None and any(
         isinstance(m, dict) and m.get("name") == volume
         and m.get("mountPath") == SERVICE_ACCOUNT_MOUNT_PATH

@@ -9,11 +9,15 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
+
+from webhook.answers import HOLE, Answer, AnswerCache
 from webhook.engine import EngineConfig, Outcome, mutate, workload_warnings
 from webhook.events import EVENT_RESULTS, EventRecorder, Owner, Reason
 from webhook.kube import NamespaceDefaults
 from webhook.metrics import Metrics
 from webhook.policy import PolicySet
+from webhook.render import token_volume
 from webhook.review import Review, allow, answer
 from webhook.selection import describe_pod
 
@@ -30,6 +34,7 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     tls_ready: bool = False
     events: EventRecorder | None = None
+    answers: AnswerCache = field(default_factory=AnswerCache)
 
     def __post_init__(self) -> None:
         self.metrics.policies_loaded.set(len(self.policies))
@@ -46,29 +51,49 @@ class Runtime:
 
     def decide(self, review: Review) -> dict[str, Any]:
         """The AdmissionReview to send back for `review`; logs and counts it."""
+        answer: dict[str, Any] = orjson.loads(self.respond(review))
+        return answer
+
+    def respond(self, review: Review, body: bytes | None = None) -> bytes:
+        """`decide`'s answer as JSON text. Given the request's `body`, a Pod CREATE's answer
+        comes from `answers` when the same pod was answered before (see webhook.answers)."""
         started = time.perf_counter()
         if review.is_workload_write:
-            return self._check_workload(review, started)
+            return orjson.dumps(self._check_workload(review, started))
         if not review.is_pod_create:
             self.metrics.record("passthrough", (), time.perf_counter() - started)
-            return allow(review.uid)
-        namespaces = self.namespaces
-        outcome = mutate(review.object, namespace=review.namespace, policies=self.policies,
-                         config=self.config,
-                         namespace_policies=namespaces.lookup(review.namespace)
-                         if namespaces is not None else None,
-                         pod_security=namespaces.pod_security(review.namespace)
-                         if namespaces is not None else None,
-                         namespace_labels=namespaces.labels(review.namespace)
-                         if namespaces is not None else None)
-        response = answer(review.uid, outcome)
+            return orjson.dumps(allow(review.uid))
+        namespaces, namespace = self.namespaces, review.namespace
+        ns_policies = namespaces.lookup(namespace) if namespaces is not None else None
+        level = namespaces.pod_security(namespace) if namespaces is not None else None
+        labels = namespaces.labels(namespace) if namespaces is not None else None
+        spec = review.object.get("spec") if isinstance(review.object, dict) else None
+        volumes = spec.get("volumes") if isinstance(spec, dict) else None
+        token = token_volume(volumes) if isinstance(volumes, list) else None
+        key = None
+        cached = None
+        if body is not None:
+            self.answers.bind(self.policies, self.config)
+            key = self.answers.key(body, review.uid, token, (
+                ns_policies, level, tuple(sorted(labels.items())) if labels is not None else None))
+            cached = self.answers.get(key)
+            (self.metrics.answer_misses if cached is None else self.metrics.answer_hits).inc()
+        if cached is None:
+            outcome = mutate(review.object, namespace=namespace, policies=self.policies,
+                             config=self.config, namespace_policies=ns_policies,
+                             pod_security=level, namespace_labels=labels)
+            cached = Answer.of(outcome, answer(HOLE, outcome), token)
+            if key is not None:
+                self.answers.put(key, cached)
+        outcome = cached.outcome
+        payload = cached.for_pod(review.uid, token)
         elapsed = time.perf_counter() - started
         self.metrics.record(outcome.result, outcome.policies, elapsed)
         if self.events is not None and not review.dry_run:
             self._record_event(review, outcome)
         if log.isEnabledFor(logging.INFO):
             self._log(review, outcome, elapsed)
-        return response
+        return payload
 
     def validate(self, review: Review) -> dict[str, Any]:
         """The answer on the validating path: warnings for a workload, never a patch."""

@@ -58,15 +58,17 @@ class MutateEndpoint:
             await _send_json(send, 400, {"error": str(exc)})
             return
         try:
-            decide = self.runtime.decide if scope["path"] == MUTATE_PATH else self.runtime.validate
-            payload = decide(review)
+            if scope["path"] == MUTATE_PATH:
+                payload = self.runtime.respond(review, body)
+            else:
+                payload = orjson.dumps(self.runtime.validate(review))
         except Exception:
             log.exception("internal error answering an admission review",
                           extra={"uid": review.uid, "namespace": review.namespace})
             await _send_json(send, 500, {"error": "internal error; see the webhook's log",
                                          "uid": review.uid})
             return
-        await _send_json(send, 200, payload)
+        await _send_body(send, 200, payload)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         for name, value in scope["headers"]:
@@ -86,7 +88,10 @@ class MutateEndpoint:
 
 
 async def _send_json(send: Send, status: int, payload: Any) -> None:
-    body = orjson.dumps(payload)
+    await _send_body(send, status, orjson.dumps(payload))
+
+
+async def _send_body(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

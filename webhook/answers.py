@@ -1,0 +1,149 @@
+"""A bounded cache of answers to Pod CREATE reviews, for pods made from one template.
+
+The pods of a ReplicaSet (of a Job, a StatefulSet but for their name) reach the webhook as the
+same bytes but for two things: the review's `uid`, and the name of the service-account token
+volume (`kube-api-access-` and 5 random characters) that the ServiceAccount admission plugin
+adds before the webhooks run. The apiserver generates `metadata.name` from `generateName` after
+admission. A scale-up of 100 replicas would otherwise render the same patch 100 times. An answer
+is a pure function of what the engine reads (`engine.mutate` does no I/O), so it is cached under
+
+    (the review's bytes without its uid, with the token volume's name made one,
+     the namespace context the engine was given)
+
+The server's policy set and engine settings are not in the key: `bind` empties the cache when
+either changes. An answer is kept as JSON text with holes where the uid and the patch go, and the
+patch as text that names the token volume it was rendered with: a hit puts the pod's own uid and
+volume name in, and base64-encodes the patch; it renders nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from webhook.engine import Outcome
+
+#: stand for the uid and the patch while an answer is encoded; neither is ever one of these
+HOLE = "sidecar-injector/uid-goes-here"
+PATCH_HOLE = "sidecar-injector/patch-goes-here"
+_HOLE_JSON = orjson.dumps(HOLE)
+_PATCH_HOLE_JSON = orjson.dumps(PATCH_HOLE)
+#: what every token volume's name becomes in a key (a JSON text never holds a NUL byte)
+_ONE_TOKEN_VOLUME = b"kube-api-access-\0"
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A review's bytes, without its uid and with one token volume name, and its namespace
+    context."""
+
+    review: bytes
+    context: Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An encoded answer, the outcome it came from (for the metrics, the log and Events), and
+    the token volume name its patch was rendered with."""
+
+    outcome: Outcome
+    head: bytes
+    middle: bytes
+    tail: bytes
+    patch: str | None
+    token: str | None
+
+    @classmethod
+    def of(cls, outcome: Outcome, response: dict[str, Any], token: str | None) -> Answer:
+        """`response` is the AdmissionReview built for the uid `HOLE`."""
+        inner = response["response"]
+        patch = None
+        if "patch" in inner:
+            inner["patch"], patch = PATCH_HOLE, outcome.patch_json
+        head, hole, rest = orjson.dumps(response).partition(_HOLE_JSON)
+        middle, patched, tail = rest.partition(_PATCH_HOLE_JSON)
+        if not hole or (patch is not None) != bool(patched):
+            raise ValueError("the response does not hold the placeholders")
+        if patch is None:
+            middle, tail = b"", rest
+        return cls(outcome, head, middle, tail, patch, token)
+
+    def for_pod(self, uid: str, token: str | None) -> bytes:
+        """The answer for the review `uid` of a pod whose token volume is named `token`."""
+        if self.patch is None:
+            return b"".join((self.head, orjson.dumps(uid), self.tail))
+        patch = self.patch
+        if token != self.token and token is not None and self.token is not None:
+            patch = patch.replace(self.token, token)
+        encoded = base64.b64encode(patch.encode())
+        return b"".join((self.head, orjson.dumps(uid), self.middle, b'"', encoded, b'"',
+                         self.tail))
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + len(self.middle) + len(self.tail) + len(self.patch or "")
+
+
+class AnswerCache:
+    """Least recently used answers, at most `max_entries` of them and `max_bytes` in all
+    (answers and keys)."""
+
+    def __init__(self, max_entries: int = 1024, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._answers: OrderedDict[Hashable, tuple[Answer, int]] = OrderedDict()
+        self._bytes = 0
+        self._state: tuple[object, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    @staticmethod
+    def key(body: bytes, uid: str, token: str | None, context: Hashable) -> Key:
+        """What decides the answer: the review's bytes but for its `"uid":"..."` member and with
+        the token volume's name `token` made one, and the namespace `context` the engine reads.
+        The bytes themselves, not a digest, so two reviews share an answer only when they are
+        equal (they count towards `max_bytes`)."""
+        review = body.replace(b'"uid":' + orjson.dumps(uid), b"", 1)
+        if token is not None:
+            review = review.replace(token.encode(), _ONE_TOKEN_VOLUME)
+        return Key(review, context)
+
+    def bind(self, *state: object) -> None:
+        """Answer for this server state (the policy set, the engine settings) only: a state
+        other than the last one's objects empties the cache."""
+        if len(state) != len(self._state) or any(
+                new is not old for new, old in zip(state, self._state, strict=True)):
+            self.clear()
+            self._state = state
+
+    def get(self, key: Hashable) -> Answer | None:
+        found = self._answers.get(key)
+        if found is None:
+            return None
+        self._answers.move_to_end(key)
+        return found[0]
+
+    def put(self, key: Hashable, answer: Answer) -> None:
+        """Keep `answer` unless it alone, with its key, would take more than an eighth of the
+        budget."""
+        size = answer.size + (len(key.review) if isinstance(key, Key) else 0)
+        if size > self.max_bytes // 8:
+            return
+        old = self._answers.pop(key, None)
+        if old is not None:
+            self._bytes -= old[1]
+        self._answers[key] = (answer, size)
+        self._bytes += size
+        while len(self._answers) > self.max_entries or self._bytes > self.max_bytes:
+            _, (_, evicted) = self._answers.popitem(last=False)
+            self._bytes -= evicted
+
+    def clear(self) -> None:
+        self._answers.clear()
+        self._bytes = 0
