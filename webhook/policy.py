@@ -28,7 +28,7 @@ from webhook import k8s_schema
 from webhook.errors import InputError, PolicyError
 from webhook.labels import Requirement, Selector
 from webhook.platform import OperatingSystem, for_windows
-from webhook.yamlsource import Document, format_path, load_documents
+from webhook.yamlsource import Document, format_path, read_documents
 
 API_VERSION = "sidecar.company.com/v1alpha1"
 KIND = "InjectionPolicy"
@@ -525,13 +525,7 @@ def load_policy_dir(directory: str | Path) -> PolicySet:
             problems.append(f"{label}: not a regular file; remove or rename it")
             continue
         try:
-            documents = load_documents(path.read_text(encoding="utf-8"), label)
-        except OSError as exc:
-            problems.append(f"{label}: cannot read: {exc.strerror or exc}; fix or remove it")
-            continue
-        except UnicodeDecodeError as exc:
-            problems.append(f"{label}: cannot read: {exc}")
-            continue
+            documents = read_documents(path, label)
         except InputError as exc:
             problems.append(str(exc))
             continue

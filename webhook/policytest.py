@@ -37,7 +37,7 @@ from webhook.policy import DNS1123_LABEL, PolicySet, load_policy_dir
 from webhook.selection import Selection, Skip, SkipReason, parse_policy_list
 from webhook.settings import parse_kube_version, shipped_policies
 from webhook.workloads import pod_slots
-from webhook.yamlsource import Document, format_path, load_documents
+from webhook.yamlsource import Document, format_path, load_documents, read_documents
 
 API_VERSION = "sidecar.company.com/v1alpha1"
 KIND = "InjectionTest"
@@ -224,10 +224,7 @@ def load_cases(files: Sequence[Path], *, policies_dir: Path | None) -> list[Load
     loaded: dict[Path, PolicySet] = {}
     for path in files:
         try:
-            documents = load_documents(path.read_text(encoding="utf-8"), str(path))
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"{path}: cannot read: {exc}")
-            continue
+            documents = read_documents(path, str(path))
         except InputError as exc:
             problems.append(str(exc))
             continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,18 @@ class Document:
             if found is not None:
                 return found
         return self.line
+
+
+def read_documents(path: str | os.PathLike[str], label: str) -> list[Document]:
+    """The documents of the file at `path` (named `label` in errors); InputError says why it
+    cannot be read or parsed."""
+    try:
+        text = pathlib.Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{label}: cannot read: {exc.strerror or exc}; fix or remove it") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{label}: cannot read: {exc}") from None
+    return load_documents(text, label)
 
 
 def load_documents(text: str, source: str) -> list[Document]:

@@ -76,39 +76,33 @@ class Kube:
         return name
 
     def apply_mutating_webhook(self, body: Obj) -> None:
-        name = body["metadata"]["name"]
-        try:
-            current = self.admission.read_mutating_webhook_configuration(name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            self.admission.create_mutating_webhook_configuration(body)
-            return
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        self.admission.replace_mutating_webhook_configuration(name, body)
+        self._apply_configuration("mutating", body)
 
     def delete_mutating_webhook(self, name: str) -> None:
-        try:
-            self.admission.delete_mutating_webhook_configuration(name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        self._delete_configuration("mutating", name)
 
     def apply_validating_webhook(self, body: Obj) -> None:
+        self._apply_configuration("validating", body)
+
+    def delete_validating_webhook(self, name: str) -> None:
+        self._delete_configuration("validating", name)
+
+    def _apply_configuration(self, kind: str, body: Obj) -> None:
+        """Create or replace a `kind` ("mutating", "validating") webhook configuration."""
         name = body["metadata"]["name"]
         try:
-            current = self.admission.read_validating_webhook_configuration(name)
+            current = getattr(self.admission, f"read_{kind}_webhook_configuration")(name)
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            self.admission.create_validating_webhook_configuration(body)
+            getattr(self.admission, f"create_{kind}_webhook_configuration")(body)
             return
         body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        self.admission.replace_validating_webhook_configuration(name, body)
+        getattr(self.admission, f"replace_{kind}_webhook_configuration")(name, body)
 
-    def delete_validating_webhook(self, name: str) -> None:
+    def _delete_configuration(self, kind: str, name: str) -> None:
         try:
-            self.admission.delete_validating_webhook_configuration(name)
+            getattr(self.admission, f"delete_{kind}_webhook_configuration")(name)
         except ApiException as exc:
             if exc.status != 404:
                 raise
