@@ -12,6 +12,10 @@ warm-up). Each scenario is a review; its floor answers it with the least work a 
   handler that parses the review and answers with the very bytes `/mutate` gave for it, so the
   patch's size is not held against `/mutate`.
 
+Each injection scenario runs twice: as it is, every request the same pod (the replicas of one
+ReplicaSet: after the first, `/mutate` answers from its cache of answers), and `(new pods)`, every
+request a new pod (its `app` label counts up: every answer is rendered).
+
 The floor and `/mutate` are measured alternately, `--rounds` times, at each `--connections`; the
 table gives every run and the ratios of the medians.
 """
@@ -46,6 +50,15 @@ LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [[%s]]
 """
+#: every request a new pod (its `app` label counts up), so no answer is ever cached
+LUA_EVERY_POD_NEW = """local before, after = [[%s]], [[%s]]
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, before .. n .. after)
+end
+"""
+NEW_POD_MARK = '"app": "shop'
 
 
 def review(pod: dict[str, Any], namespace: str = "shop") -> dict[str, Any]:
@@ -76,6 +89,7 @@ def large_pod(containers: int = 50) -> dict[str, Any]:
     return pod
 
 
+NEW_PODS = " (new pods)"
 SCENARIOS = {
     "untouched": review(POD, "kube-system"),
     "logging": review(POD),
@@ -148,7 +162,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", default="8,64", help="comma-separated, e.g. 8,64")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join(
+        [*SCENARIOS, *(f"{name}{NEW_PODS}" for name in SCENARIOS if name != "untouched")]),
+        help=f"comma-separated; a name ending in {NEW_PODS!r} sends a new pod every request")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
@@ -166,9 +182,14 @@ def run(args: argparse.Namespace, tmp: Path, certs: Path, server: Server,
     """Each scenario against its floor, alternately, at each concurrency."""
     rows = []
     for name in args.scenarios.split(","):
-        body = json.dumps(SCENARIOS[name])
+        new_pods = name.endswith(NEW_PODS)
+        body = json.dumps(SCENARIOS[name.removesuffix(NEW_PODS)])
         script = tmp / "review.lua"
-        script.write_text(LUA % body)
+        if new_pods:
+            before, _, after = body.partition(NEW_POD_MARK)
+            script.write_text(LUA_EVERY_POD_NEW % (before + NEW_POD_MARK + "-", after))
+        else:
+            script.write_text(LUA % body)
         answer = httpx.post(f"https://127.0.0.1:{server.port}/mutate", content=body,
                             headers={"content-type": "application/json"}, verify=False)
         answer.raise_for_status()
