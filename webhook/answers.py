@@ -48,8 +48,8 @@ class Key:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """An encoded answer, the outcome it came from (for the metrics, the log and Events), and
-    the token volume name its patch was rendered with."""
+    """An encoded answer, the outcome it came from without its patch's operations (for the
+    metrics, the log and Events), and the token volume name its patch was rendered with."""
 
     outcome: Outcome
     head: bytes
@@ -71,7 +71,10 @@ class Answer:
             raise ValueError("the response does not hold the placeholders")
         if patch is None:
             middle, tail = b"", rest
-        return cls(outcome, head, middle, tail, patch, token)
+        # the decision and warnings only: the patch's operations (thousands of objects for a
+        # large pod) would be uncounted memory that every garbage collection walks
+        summary = Outcome(outcome.decision, warnings=outcome.warnings)
+        return cls(summary, head, middle, tail, patch, token)
 
     def for_pod(self, uid: str, token: str | None) -> bytes:
         """The answer for the review `uid` of a pod whose token volume is named `token`."""
@@ -93,7 +96,7 @@ class AnswerCache:
     """Least recently used answers, at most `max_entries` of them and `max_bytes` in all
     (answers and keys)."""
 
-    def __init__(self, max_entries: int = 1024, max_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(self, max_entries: int = 1024, max_bytes: int = 8 * 1024 * 1024) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._answers: OrderedDict[Hashable, tuple[Answer, int]] = OrderedDict()

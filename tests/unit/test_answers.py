@@ -119,6 +119,9 @@ def test_a_new_policy_set_or_new_settings_empty_the_cache() -> None:
 def test_the_cache_is_bounded_by_entries_and_by_bytes() -> None:
     outcome = mutate(POD, namespace="shop", policies=POLICIES, config=EngineConfig())
     entry = Answer.of(outcome, answer(HOLE, outcome), None)
+    assert outcome.operations
+    assert entry.outcome.operations == []  # uncounted objects the GC would walk: not kept
+    assert entry.outcome.result == outcome.result == "injected"
     by_count = AnswerCache(max_entries=2)
     for index in range(3):
         by_count.put(index, entry)
