@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install certs run test unit lint schema schema-check policy-tests golden e2e e2e-all soak haproxy tools image image-local image-check dist chart-lint chart-template bench bench-apiserver clean
+.PHONY: help install certs run test unit lint schema schema-check policy-tests golden e2e e2e-all soak haproxy tools image image-local image-check dist chart-lint chart-template bench bench-apiserver bench-growth clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -106,6 +106,11 @@ bench: install ## benchmarks (see docs/benchmarks.md); needs wrk (apt-get instal
 	@command -v wrk >/dev/null || { echo "bench: installing wrk"; apt-get install -y -qq wrk; }
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m bench
+
+bench-growth: install ## latency against pod size and policies, RSS after 1M reviews (about 6 minutes; not in bench)
+	@command -v wrk >/dev/null || { echo "bench: installing wrk"; apt-get install -y -qq wrk; }
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/python -m bench.growth --plot docs/bench-growth.png
 
 bench-apiserver: install ## pod creation through the e2e control plane: no webhook, ours, agnhost (about 2 minutes; not in bench)
 	K8S_VERSION=$(K8S_VERSION) bash tools/build.sh
