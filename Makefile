@@ -13,7 +13,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==25.3
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the project with its pinned dependencies
@@ -104,17 +104,14 @@ chart-template: tools ## render the chart with its defaults
 
 bench: install ## benchmarks (see docs/benchmarks.md); needs wrk (apt-get install wrk)
 	@command -v wrk >/dev/null || { echo "bench: installing wrk"; apt-get install -y -qq wrk; }
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 bench-growth: install ## latency against pod size and policies, RSS after 1M reviews (about 6 minutes; not in bench)
 	@command -v wrk >/dev/null || { echo "bench: installing wrk"; apt-get install -y -qq wrk; }
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m bench.growth --plot docs/bench-growth.png
 
 bench-apiserver: install ## pod creation through the e2e control plane: no webhook, ours, agnhost (about 2 minutes; not in bench)
 	K8S_VERSION=$(K8S_VERSION) bash tools/build.sh
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	K8S_VERSION=$(K8S_VERSION) $(BIN)/python -m bench.apiserver --plot docs/bench-apiserver.png
 
 clean: ## remove the virtual environment and caches
