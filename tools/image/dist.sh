@@ -11,6 +11,10 @@ dist="$root/dist"
 rm -rf "$dist"
 mkdir -p "$dist"
 "$root/.venv/bin/python" -m build --outdir "$dist" "$root" > /dev/null
+# The sdist holds no private key (a developer's certs/, say).
+if tar tzf "$dist"/sidecar_injector-"$VERSION".tar.gz | grep -E '\.(key|pem)$'; then
+  echo "dist: the sdist holds the private keys above" >&2; exit 1
+fi
 # The wheel serves its shipped policies: unpacked alone on the path, it finds and loads them all.
 unpacked=$(mktemp -d)
 trap 'rm -rf "$unpacked"' EXIT
