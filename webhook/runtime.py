@@ -64,6 +64,9 @@ class Runtime:
             self.metrics.record("passthrough", (), time.perf_counter() - started)
             return orjson.dumps(allow(review.uid))
         namespaces, namespace = self.namespaces, review.namespace
+        # one state for the whole review: a reload or the namespace watch's thread may swap
+        # either attribute meanwhile, and the cache must hold answers of the state it is bound to
+        policies, config = self.policies, self.config
         ns_policies = namespaces.lookup(namespace) if namespaces is not None else None
         level = namespaces.pod_security(namespace) if namespaces is not None else None
         labels = namespaces.labels(namespace) if namespaces is not None else None
@@ -73,14 +76,14 @@ class Runtime:
         key = None
         cached = None
         if body is not None:
-            self.answers.bind(self.policies, self.config)
+            self.answers.bind(policies, config)
             key = self.answers.key(body, review.uid, token, (
                 ns_policies, level, tuple(sorted(labels.items())) if labels is not None else None))
             cached = self.answers.get(key)
             (self.metrics.answer_misses if cached is None else self.metrics.answer_hits).inc()
         if cached is None:
-            outcome = mutate(review.object, namespace=namespace, policies=self.policies,
-                             config=self.config, namespace_policies=ns_policies,
+            outcome = mutate(review.object, namespace=namespace, policies=policies,
+                             config=config, namespace_policies=ns_policies,
                              pod_security=level, namespace_labels=labels)
             cached = Answer.of(outcome, answer(HOLE, outcome), token)
             if key is not None:
