@@ -60,11 +60,10 @@ class Answer:
 
     @classmethod
     def of(cls, outcome: Outcome, response: dict[str, Any], token: str | None) -> Answer:
-        """`response` is the AdmissionReview built for the uid `HOLE`."""
-        inner = response["response"]
-        patch = None
-        if "patch" in inner:
-            inner["patch"], patch = PATCH_HOLE, outcome.patch_json
+        """`response` is the AdmissionReview built for the uid `HOLE` and the patch
+        `PATCH_HOLE` (`review.answer(HOLE, outcome, patch=PATCH_HOLE)`), so the patch is
+        serialized once and encoded only per answer."""
+        patch = outcome.patch_json if "patch" in response["response"] else None
         head, hole, rest = orjson.dumps(response).partition(_HOLE_JSON)
         middle, patched, tail = rest.partition(_PATCH_HOLE_JSON)
         if not hole or (patch is not None) != bool(patched):

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from webhook.answers import HOLE, Answer, AnswerCache
+from webhook.answers import HOLE, PATCH_HOLE, Answer, AnswerCache
 from webhook.engine import EngineConfig, Outcome, mutate, workload_warnings
 from webhook.events import EVENT_RESULTS, EventRecorder, Owner, Reason
 from webhook.kube import NamespaceDefaults
@@ -85,7 +85,7 @@ class Runtime:
             outcome = mutate(review.object, namespace=namespace, policies=policies,
                              config=config, namespace_policies=ns_policies,
                              pod_security=level, namespace_labels=labels)
-            cached = Answer.of(outcome, answer(HOLE, outcome), token)
+            cached = Answer.of(outcome, answer(HOLE, outcome, patch=PATCH_HOLE), token)
             if key is not None:
                 self.answers.put(key, cached)
         outcome = cached.outcome

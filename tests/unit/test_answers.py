@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import SHIPPED_POLICIES
 from tests.unit.test_properties import INJECT, pods, policy_sets
-from webhook.answers import HOLE, Answer, AnswerCache
+from webhook.answers import HOLE, PATCH_HOLE, Answer, AnswerCache
 from webhook.engine import EngineConfig, mutate
 from webhook.policy import PolicySet, load_policy_dir
 from webhook.review import answer, parse_review
@@ -118,7 +118,7 @@ def test_a_new_policy_set_or_new_settings_empty_the_cache() -> None:
 
 def test_the_cache_is_bounded_by_entries_and_by_bytes() -> None:
     outcome = mutate(POD, namespace="shop", policies=POLICIES, config=EngineConfig())
-    entry = Answer.of(outcome, answer(HOLE, outcome), None)
+    entry = Answer.of(outcome, answer(HOLE, outcome, patch=PATCH_HOLE), None)
     assert outcome.operations
     assert entry.outcome.operations == []  # uncounted objects the GC would walk: not kept
     assert entry.outcome.result == outcome.result == "injected"
@@ -139,7 +139,7 @@ def test_the_cache_is_bounded_by_entries_and_by_bytes() -> None:
 
 def test_the_least_recently_used_answer_goes_first() -> None:
     outcome = mutate(POD, namespace="shop", policies=POLICIES, config=EngineConfig())
-    entry = Answer.of(outcome, answer(HOLE, outcome), None)
+    entry = Answer.of(outcome, answer(HOLE, outcome, patch=PATCH_HOLE), None)
     cache = AnswerCache(max_entries=2)
     cache.put("a", entry)
     cache.put("b", entry)
