@@ -92,7 +92,8 @@ def _serve_option(name: str, **kwargs: Any) -> Decorator:
 @_serve_option("--max-body-bytes", type=int, help="Largest request body [default: 3 MiB].")
 @_serve_option("--request-timeout", type=float,
                help="Seconds a client has to send a request's headers and body, from connecting "
-                    "or from its last response; slower ones are disconnected [default: 10].")
+                    "or from the request's first byte; slower ones are disconnected (an idle "
+                    "keep-alive connection is kept 120 s) [default: 10].")
 @_serve_option("--max-connections", type=int,
                help="Open connections kept at most; past it the newest idle ones are closed "
                     "[default: 4096].")

@@ -15,6 +15,7 @@ from types import FrameType
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from webhook import certs, logs
 from webhook.errors import CertificateError, PolicyError
@@ -28,30 +29,82 @@ from webhook.settings import Settings
 
 log = logging.getLogger("sidecar_injector")
 GRACEFUL_SHUTDOWN_SECONDS = 30
-# How long, after SIGTERM, an idle connection may take to finish its TLS close before it is
-# dropped; requests in flight keep the whole GRACEFUL_SHUTDOWN_SECONDS.
+# How long, after SIGTERM, a connection with no request in progress is kept open: a request that
+# arrives on it meanwhile is answered with `Connection: close` (so its client never reuses a
+# connection the server is about to close); after that it is dropped, without waiting for a TLS
+# close. Requests in flight keep the whole GRACEFUL_SHUTDOWN_SECONDS.
 IDLE_CLOSE_SECONDS = 2.0
+# How long a keep-alive connection may sit idle after a response. Longer than the kube-apiserver's
+# webhook client keeps an idle connection (client-go's transport: Go's 90 s IdleConnTimeout), so
+# the client closes first: a server that closes an idle connection races the client's next
+# request on it, which then fails with EOF (a refused pod under failurePolicy Fail).
+KEEP_ALIVE_SECONDS = 120
 WATCH_SECONDS = 0.25  # how often connections are looked at
 
 
-class _Protocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, stamped with the loop time it was connected at (what the
-    request deadline and the connection cap count from)."""
+class _State(ServerState):
+    """uvicorn's state shared by a server's connections, plus whether the server is draining."""
 
-    connected_at: float
+    def __init__(self) -> None:
+        super().__init__()
+        self.draining = False
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with the loop times the watcher reads: when the request now
+    awaited or arriving began (connecting, or its first byte after a response) and when the last
+    response was written; while the server drains, every response closes the connection, and
+    SIGTERM leaves an idle connection open (the watcher drops it)."""
+
+    request_at: float
+    idle_at: float | None
+    receiving: bool  # bytes of a request have arrived since the last response
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self.connected_at = self.loop.time()
+        self.request_at = self.loop.time()
+        self.idle_at = None
+        self.receiving = False
         super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.receiving:
+            self.receiving = True
+            if self.idle_at is not None:
+                self.request_at = self.loop.time()
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        state = self.server_state
+        if isinstance(state, _State) and state.draining and self.cycle is not None:
+            self.cycle.keep_alive = False
+
+    def on_response_complete(self) -> None:
+        self.receiving = False
+        self.idle_at = self.loop.time()
+        super().on_response_complete()
+
+    def shutdown(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            return  # no request in progress: one may be on its way; the watcher drops it
+        super().shutdown()
+
+    @property
+    def working(self) -> bool:
+        """Whether the server holds a whole request it has not finished answering."""
+        cycle = self.cycle
+        return cycle is not None and not cycle.response_complete and not cycle.more_body
 
 
 class _Server(uvicorn.Server):
     """uvicorn's server, plus what a webhook on every pod's path needs of it: a client must
-    send its request (headers and body) within `request_timeout` of connecting or of its last
-    response; no more than `max_connections` are kept open (those that waited longest for a
-    request go first); idle connections go IDLE_CLOSE_SECONDS after SIGTERM; and a drained
-    server exits 0 (uvicorn re-raises SIGTERM after its graceful shutdown: exit 143), so the
-    kubelet and tests see a clean stop."""
+    send its request (headers and body) within `request_timeout` of connecting or of the
+    request's first byte; an idle keep-alive connection is kept KEEP_ALIVE_SECONDS; no more
+    than `max_connections` are kept open (those that waited longest for a request go first);
+    on SIGTERM the listener closes, requests in progress finish, a request that arrives on an
+    open connection is answered with `Connection: close`, connections with no request are
+    dropped IDLE_CLOSE_SECONDS later; and a drained server exits 0 (uvicorn re-raises SIGTERM
+    after its graceful shutdown: exit 143), so the kubelet and tests see a clean stop."""
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
@@ -60,11 +113,12 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, runtime: Runtime, reloader: Reloader, *,
                  request_timeout: float, max_connections: int) -> None:
         super().__init__(config)
+        self.server_state = self._state = _State()
         self.runtime = runtime
         self.reloader = reloader
         self.request_timeout = request_timeout
         self.max_connections = max_connections
-        self.closing = False
+        self.closed_at: float | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -74,15 +128,17 @@ class _Server(uvicorn.Server):
         self._watcher = asyncio.create_task(self._watch_connections())
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's shutdown, with idle connections dropped after IDLE_CLOSE_SECONDS.
+        """uvicorn's shutdown (close the listener, let requests in flight finish, wait for the
+        connections to go), draining instead of closing idle connections at once.
 
-        uvicorn's `Server.shutdown` calls each connection's `shutdown()`, which for an idle
-        keep-alive connection is `transport.close()`, then waits (up to
-        timeout_graceful_shutdown) for `server_state.connections` to empty. On a TLS
-        transport close() sends close_notify and waits for the peer's up to the loop's
-        ssl_shutdown_timeout (30 s, not settable through uvicorn) before connection_lost, so
-        one client that never answers held the exit for the whole graceful timeout."""
-        self.closing = True
+        uvicorn's own `shutdown()` of an idle keep-alive connection is `transport.close()`: a
+        request its client wrote a moment before is lost, and the client (the apiserver: a
+        POST is never retried) sees EOF. Here such a request is answered, with `Connection:
+        close`. A connection that stays idle is aborted by the watcher: on TLS, close() would
+        wait up to the loop's ssl_shutdown_timeout (30 s, not settable through uvicorn) for a
+        close_notify that a hung client never sends, holding the exit."""
+        self._state.draining = True
+        self.closed_at = asyncio.get_running_loop().time()
         try:
             await super().shutdown(sockets=sockets)
         finally:
@@ -90,39 +146,33 @@ class _Server(uvicorn.Server):
                 self._watcher.cancel()
 
     async def _watch_connections(self) -> None:
-        # uvicorn internals relied on (0.54, httptools_impl/h11_impl): `server_state.connections`
-        # holds the live protocols; a protocol's `cycle` is None before its first request, its
+        # uvicorn internals relied on (0.54, httptools_impl): `server_state.connections` holds
+        # the live protocols; a protocol's `cycle` is None before its first request, its
         # `cycle.more_body` is True while the request body is arriving and its
         # `cycle.response_complete` is True once the response is written; `transport` is the
-        # asyncio transport. A request the server is working on is never cut.
+        # asyncio transport. uvicorn's own keep-alive timer closes a connection idle for
+        # `timeout_keep_alive`. A request the server is working on is never cut.
         loop = asyncio.get_running_loop()
-        seen: dict[object, tuple[str, object, float]] = {}
         while True:
             now = loop.time()
-            connections = list(self.server_state.connections)
+            connections = [c for c in self.server_state.connections if isinstance(c, _Protocol)]
             waiting = []
             for connection in connections:
-                cycle = getattr(connection, "cycle", None)
-                phase = ("waiting" if cycle is None or cycle.response_complete
-                         else "receiving" if cycle.more_body else "working")
-                last = seen.get(connection)
-                if last is None:  # its first wait counts from when it connected
-                    since = getattr(connection, "connected_at", now) if cycle is None else now
-                    seen[connection] = last = (phase, cycle, since)
-                elif last[:2] != (phase, cycle):
-                    seen[connection] = last = (phase, cycle, now)
-                limit = (None if phase == "working"
-                         else IDLE_CLOSE_SECONDS if phase == "waiting" and self.closing
-                         else self.request_timeout)
-                if limit is not None and now - last[2] >= limit:
+                if connection.working:
+                    continue
+                if connection.receiving or connection.idle_at is None:
+                    since, limit = connection.request_at, self.request_timeout
+                else:
+                    since, limit = connection.idle_at, None
+                if self.closed_at is not None and not connection.receiving:
+                    since, limit = max(since, self.closed_at), IDLE_CLOSE_SECONDS
+                if limit is not None and now - since >= limit:
                     connection.transport.abort()  # connection_lost follows, without TLS close
-                elif phase == "waiting":
-                    waiting.append((last[2], connection))
+                elif connection.cycle is None or connection.cycle.response_complete:
+                    waiting.append((since, connection))
             for _, connection in sorted(waiting, key=lambda pair: pair[0])[
                     :max(0, len(connections) - self.max_connections)]:
                 connection.transport.abort()  # over the cap: those waiting longest go first
-            for gone in set(seen).difference(connections):
-                del seen[gone]
             await asyncio.sleep(WATCH_SECONDS)
 
 
@@ -157,7 +207,7 @@ def run(settings: Settings) -> int:
     app = create_app(runtime, max_body_bytes=settings.max_body_bytes)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, ssl_context_factory=lambda *_: context,
-        http=_Protocol,
+        http=_Protocol, timeout_keep_alive=KEEP_ALIVE_SECONDS,
         access_log=False, log_config=None, server_header=False, lifespan="off",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         limit_concurrency=settings.max_connections + 64,  # 503s, past the watcher's cap

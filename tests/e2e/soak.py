@@ -42,8 +42,10 @@ def haproxy_config(port: int, replicas: list[ServerProcess]) -> str:
 defaults
   mode tcp
   timeout connect 2s
-  timeout client 30s
-  timeout server 30s
+  # longer than the apiserver keeps an idle connection (90 s), as the server's keep-alive is:
+  # whoever closes an idle connection first races the client's next request on it
+  timeout client 150s
+  timeout server 150s
   retries 3
   option redispatch
 frontend webhook
@@ -53,8 +55,9 @@ backend replicas
   balance roundrobin
   option httpchk GET /readyz
   http-check expect status 200
-  default-server check check-ssl verify none inter 200ms fall 1 rise 2 \
-    on-marked-down shutdown-sessions
+  # a replica marked down gets no new connections; those it has are left to it to drain (as
+  # kube-proxy leaves established connections to a terminating endpoint)
+  default-server check check-ssl verify none inter 200ms fall 1 rise 2
 {servers}
 """
 

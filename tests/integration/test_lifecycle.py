@@ -188,24 +188,68 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path) -> None
     assert "stopped" in server.log.read_text()
 
 
-def idle_keep_alive_connection(server: ServerProcess) -> ssl.SSLSocket:
-    """A TLS connection that has had one complete keep-alive request and response, and then
-    is left alone: the caller never reads from it again nor closes it, so the server's TLS
-    close_notify is never answered (like a client that hung, or a half-dead NAT entry)."""
-    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    tls = server.ssl_context().wrap_socket(raw, server_hostname="127.0.0.1")
+def exchange(tls: ssl.SSLSocket) -> bytes:
+    """Send a keep-alive GET /healthz on `tls` and read its whole response; the head, lowercased."""
     tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n")
     response = b""
     while b"\r\n\r\n" not in response:
-        response += tls.recv(4096)
+        chunk = tls.recv(4096)
+        assert chunk, f"the server closed the connection before answering: {response!r}"
+        response += chunk
     head, _, body = response.partition(b"\r\n\r\n")
     length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
                   if line.lower().startswith(b"content-length:"))
     while len(body) < length:
         body += tls.recv(4096)
     assert head.startswith(b"HTTP/1.1 200"), head
-    assert b"connection: close" not in head.lower()  # the server keeps it open, idle
+    return head.lower()
+
+
+def idle_keep_alive_connection(server: ServerProcess) -> ssl.SSLSocket:
+    """A TLS connection that has had one complete keep-alive request and response, and then
+    is left alone: the caller never reads from it again nor closes it, so the server's TLS
+    close_notify is never answered (like a client that hung, or a half-dead NAT entry)."""
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    tls = server.ssl_context().wrap_socket(raw, server_hostname="127.0.0.1")
+    assert b"connection: close" not in exchange(tls)  # the server keeps it open, idle
     return tls
+
+
+def test_a_keep_alive_connection_outlives_the_request_timeout_while_idle(tmp_path: Path) -> None:
+    """The apiserver's webhook client keeps an idle connection 90 s and reuses it; a server that
+    closed it first would race that reuse (EOF: a refused pod under failurePolicy Fail). Past
+    both the request deadline and uvicorn's default keep-alive (5 s), it is still served."""
+    server = ServerProcess(tmp_path, policies=SHIPPED_POLICIES, args=["--request-timeout", "1"])
+    server.start()
+    idle = idle_keep_alive_connection(server)
+    try:
+        time.sleep(6.0)
+        assert b"connection: close" not in exchange(idle)
+    finally:
+        idle.close()
+        server.stop()
+
+
+def test_sigterm_answers_a_request_on_an_idle_connection_and_then_closes_it(
+    tmp_path: Path,
+) -> None:
+    """A request its client sends on a kept-alive connection just after SIGTERM is answered,
+    with `Connection: close` (so the client opens its next connection elsewhere), not cut."""
+    server = ServerProcess(tmp_path, policies=SHIPPED_POLICIES)
+    server.start()
+    idle = idle_keep_alive_connection(server)
+    try:
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the listener is closed by now
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+        assert b"connection: close" in exchange(idle)
+        assert idle.recv(4096) == b""  # then the server closes it
+        assert server.stop(timeout=60) == 0
+    finally:
+        idle.close()
+        server.stop()
 
 
 def test_sigterm_drops_an_idle_connection_whose_client_never_closes(tmp_path: Path) -> None:

@@ -93,3 +93,28 @@ def test_past_the_connection_cap_the_longest_waiting_are_closed(tmp_path: Path) 
         for sock in held:
             sock.close()
         server.stop()
+
+
+def test_a_request_begun_on_a_kept_alive_connection_has_the_deadline_too(tmp_path: Path) -> None:
+    """An idle keep-alive connection is kept, but once a request's first bytes arrive on it, the
+    rest must follow within the deadline."""
+    server = ServerProcess(tmp_path, policies=SHIPPED_POLICIES,
+                           args=["--request-timeout", str(DEADLINE)])
+    server.start()
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    tls = server.ssl_context().wrap_socket(raw, server_hostname="127.0.0.1")
+    try:
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert tls.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(DEADLINE + 1)  # idle past the deadline: still open
+        assert not closed(tls)
+        tls.sendall(b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        begun = time.monotonic()
+        while not closed(tls) and time.monotonic() - begun < DEADLINE + 3:
+            time.sleep(0.1)
+        waited = time.monotonic() - begun
+        assert closed(tls), f"a half-sent request still open after {waited:.1f}s"
+        assert waited >= DEADLINE - 0.5, f"cut after {waited:.1f}s, before the deadline"
+    finally:
+        tls.close()
+        server.stop()
