@@ -17,6 +17,7 @@ import jsonpatch
 
 from webhook import __version__
 from webhook.certs import generate as generate_certs
+from webhook.compiled import Target, compile_policies
 from webhook.engine import EngineConfig, mutate
 from webhook.errors import CertificateError, InputError, PolicyError, SuiteError
 from webhook.offline import inject_text
@@ -255,6 +256,57 @@ def check(directory: Path, pod_security: str | None) -> None:
                        f"matches no namespace ({why}), so no pod can get it", err=True)
     names = ", ".join(loaded.names()) or "none"
     click.echo(f"{directory}: {len(loaded)} policies OK ({names})")
+
+
+@policies.command("compile")
+@_policies_option()
+@_serve_option("--default-policies", help="The server's --default-policies, e.g. 'logging'.")
+@_serve_option("--prefix", help="The server's --prefix [default: sidecar.company.com].")
+@_serve_option("--strict/--no-strict", help="The server's --strict.")
+@_serve_option("--on-conflict", type=click.Choice(["deny", "skip"]),
+               help="The server's --on-conflict [default: deny].")
+@click.option("--name", default="sidecar-injector", show_default=True,
+              help="Name of the engine policy (the chart's fullname); the others derive from it.")
+@click.option("--failure-policy", type=click.Choice(["Fail", "Ignore"]), default="Fail",
+              show_default=True, help="What the apiserver does when the engine policy errs.")
+@click.option("--pod-opt-in/--no-pod-opt-in", default=True, show_default=True,
+              help="Also bind pods labelled P/inject=enabled in plain namespaces (the chart's "
+                   "webhook.podOptIn).")
+@click.option("--hybrid", is_flag=True,
+              help="Compile what can be, and leave the pods that need the rest to the webhook.")
+def compile_command(*, name: str, failure_policy: str, pod_opt_in: bool, hybrid: bool,
+                    **serve_flags: Any) -> None:
+    """Write the policy set as admission policies the apiserver runs itself (Kubernetes 1.36+):
+    a MutatingAdmissionPolicy, a ValidatingAdmissionPolicy for warnings, and their bindings, as a
+    YAML stream for `kubectl apply -f -`. The webhook's own namespace comes from POD_NAMESPACE,
+    as for `serve`.
+
+    What cannot be compiled is named on stderr, one line each (file: policy: reason), and exits
+    1; with --hybrid the rest is written, and the pods that need what was not compiled are left
+    to the webhook (exit 0). Invalid policies: file:line errors, exit 1.
+    """
+    given = {key: value for key, value in serve_flags.items() if value is not None}
+    if "policies_dir" in given:
+        given["policies"] = given.pop("policies_dir")
+    try:
+        settings = Settings(**given)
+    except ValueError as exc:
+        _fail(f"invalid option: {_first_error(exc)}", EXIT_USAGE)
+    try:
+        loaded = load_policy_dir(settings.policies)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        sys.exit(EXIT_DENIED)
+    config = settings.engine_config()
+    target = Target(name=name, own_namespace=config.selection.own_namespace,
+                    pod_opt_in=pod_opt_in, failure_policy=failure_policy)
+    compiled = compile_policies(loaded, config, target)
+    for left in compiled.uncompiled:
+        click.echo(f"{'left to the webhook' if hybrid else 'error'}: {left}", err=True)
+    if compiled.uncompiled and not hybrid:
+        sys.exit(EXIT_DENIED)
+    click.echo(compiled.yaml(), nl=False)
 
 
 def _labels(text: str | None) -> dict[str, str] | None:

@@ -108,10 +108,14 @@ def select(
         if settings.strict:
             return Deny(f"pod {pod}: unknown injection policy {listed}; "
                         f"known policies: {', '.join(sorted(known)) or 'none'}")
-        warning = (f"pod {pod} was admitted without injection: unknown injection policy "
-                   f"{listed} (check the {keys.inject} annotation)")
-        return Skip(SkipReason.UNKNOWN_POLICY, (warning,))
+        return Skip(SkipReason.UNKNOWN_POLICY, (unknown_policy_warning(pod, listed, keys),))
     return Inject(names)
+
+
+def unknown_policy_warning(pod: str, listed: str, keys: Keys) -> str:
+    """The warning for a pod skipped for naming unknown policies (`listed`: their reprs)."""
+    return (f"pod {pod} was admitted without injection: unknown injection policy {listed} "
+            f"(check the {keys.inject} annotation)")
 
 
 def requested_policies(

@@ -1,0 +1,215 @@
+"""`policies compile` through the real apiserver, proven by difference: every pod below is
+created (dry run) once with the webhook as the only mutator, once with only the compiled
+admission policies, and once with both (`--hybrid`: the compiled policies decide what they can,
+the webhook the rest); the stored pods and the warnings must be the same.
+
+Kubernetes 1.36+ serves MutatingAdmissionPolicy in admissionregistration.k8s.io/v1; on an older
+apiserver the module checks that it does not, which is what `compile`'s 1.36 floor rests on.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from tests.e2e.conftest import STATUS, Register, Webhook, pod_manifest
+from tests.e2e.controlplane import K8S_VERSION, ControlPlane
+from tests.e2e.kube import ApiException, Kube, wait_for
+from tests.e2e.webhookconfig import CONFIG_NAME, INJECT, RELEASE_NAMESPACE
+from webhook.cli import cli
+from webhook.compiled import MINIMUM_MINOR
+
+pytestmark = pytest.mark.e2e
+MINOR = int(K8S_VERSION.lstrip("v").split(".")[1])
+NAMESPACE_POLICIES = "sidecar.company.com/policies"
+VAP_WARNING = re.compile(r"^Validation failed for ValidatingAdmissionPolicy '[^']+' with binding "
+                         r"'[^']+': ")
+
+
+@dataclass(frozen=True)
+class Case:
+    """A pod, and the namespace it is created in."""
+
+    name: str
+    annotations: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    opted_in: bool = True
+    namespace_annotations: dict[str, str] = field(default_factory=dict)
+    namespace: str | None = None  # a fixed namespace instead of a fresh one
+
+
+#: Pods whose decision the compiled policies make themselves: skipped, or never touched.
+DECIDED = [
+    Case("opted-out", {INJECT: "false"}),
+    Case("opted-out-spelled-loosely", {INJECT: " FALSE "}),
+    Case("unknown", {INJECT: "nope"}),
+    Case("unknown-among-known", {INJECT: "logging, nope ,nope,other"}),
+    Case("unknown-namespace-default", {INJECT: "true"},
+         namespace_annotations={NAMESPACE_POLICIES: "nope, logging"}),
+    Case("no-policies", {INJECT: " , ,"}),
+    Case("pod-label-opt-in", {INJECT: "nope"}, {INJECT: "enabled"}, opted_in=False),
+    Case("plain-namespace", {INJECT: "nope"}, opted_in=False),
+    Case("pod-label-opt-out", {INJECT: "nope"}, {INJECT: "false"}),
+    Case("already-stamped", {INJECT: "nope", STATUS: '{"policies":[]}'}),
+    Case("system-namespace", {INJECT: "nope"}, {INJECT: "enabled"}, namespace="kube-public"),
+    Case("own-namespace", {INJECT: "nope"}, {INJECT: "enabled"}, namespace=RELEASE_NAMESPACE),
+]
+#: Pods that ask for policies only the webhook injects (so far): the hybrid split's other half.
+LEFT_TO_THE_WEBHOOK = [
+    Case("defaults"),
+    Case("named", {INJECT: "wait-for-database,logging"}),
+    Case("namespace-default", {INJECT: "enabled"},
+         namespace_annotations={NAMESPACE_POLICIES: "metrics-exporter"}),
+]
+
+
+def normalized(pod: dict[str, Any]) -> dict[str, Any]:
+    """The stored pod without what differs between two creations of it."""
+    pod = copy.deepcopy(pod)
+    metadata = pod["metadata"]
+    for key in ("uid", "resourceVersion", "creationTimestamp", "managedFields"):
+        metadata.pop(key, None)
+    text = re.sub(r"kube-api-access-[a-z0-9]{5}", "kube-api-access", json.dumps(pod))
+    normal: dict[str, Any] = json.loads(text)
+    return normal
+
+
+def kubectl(plane: ControlPlane, *args: str, stdin: str) -> None:
+    done = subprocess.run(["kubectl", "--kubeconfig", str(plane.kubeconfig), *args], input=stdin,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
+
+
+def compile_stream(*args: str) -> str:
+    """`policies compile` in-process, with the suite's webhook's settings."""
+    result = CliRunner().invoke(cli, ["policies", "compile", "--default-policies", "logging",
+                                      *args], env={"POD_NAMESPACE": RELEASE_NAMESPACE})
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+Create = Callable[[Case], tuple[dict[str, Any], list[str]]]
+
+
+@pytest.fixture(scope="module")
+def create(kube: Kube) -> Create:
+    """Create a case's pod (dry run) in its namespace; the stored pod and the warnings, with
+    the ValidatingAdmissionPolicy's wrapper taken off them."""
+    namespaces: dict[str, str] = {}
+
+    def run(case: Case) -> tuple[dict[str, Any], list[str]]:
+        if case.name not in namespaces:
+            namespaces[case.name] = case.namespace or kube.ensure_namespace(
+                f"compiled-{case.name}-{uuid.uuid4().hex[:4]}",
+                labels={INJECT: "enabled"} if case.opted_in else {},
+                annotations=case.namespace_annotations)
+        body = pod_manifest(f"pod-{case.name}", annotations=case.annotations, labels=case.labels)
+        pod, warnings = kube.create_pod(namespaces[case.name], body, dry_run=True)
+        return normalized(pod), sorted(VAP_WARNING.sub("", w) for w in warnings)
+
+    return run
+
+
+@contextmanager
+def compiled(plane: ControlPlane, kube: Kube, stream: str) -> Iterator[None]:
+    """The compiled objects applied (and in effect), deleted after."""
+    kubectl(plane, "apply", "-f", "-", stdin=stream)
+    try:
+        probe = kube.ensure_namespace("compiled-probe", labels={INJECT: "enabled"})
+        wait_for(lambda: _stamped_by_policy(kube, probe), 60,
+                 "the compiled policies to take effect")
+        yield
+    finally:
+        kubectl(plane, "delete", "--ignore-not-found", "-f", "-", stdin=stream)
+        time.sleep(2)  # the apiserver refreshes its admission policies every second
+
+
+def _stamped_by_policy(kube: Kube, namespace: str) -> bool:
+    body = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "probe-unknown"})
+    try:
+        pod, _ = kube.create_pod(namespace, body, dry_run=True)
+    except ApiException:
+        return False
+    return "unknown-policy" in (pod["metadata"].get("annotations") or {}).get(STATUS, "")
+
+
+@contextmanager
+def without_the_webhook(kube: Kube, register: Register) -> Iterator[None]:
+    kube.delete_mutating_webhook(CONFIG_NAME)
+    try:
+        yield
+    finally:
+        register("Fail")
+
+
+if MINOR >= MINIMUM_MINOR:
+
+    @pytest.fixture(scope="module")
+    def by_webhook(register: Register, webhook: Webhook, create: Create,
+                   ) -> dict[str, tuple[dict[str, Any], list[str]]]:
+        register("Fail")
+        return {case.name: create(case) for case in DECIDED + LEFT_TO_THE_WEBHOOK}
+
+    def test_the_compiled_policies_alone_decide_as_the_webhook_does(
+        control_plane: ControlPlane, kube: Kube, register: Register, create: Create,
+        by_webhook: dict[str, tuple[dict[str, Any], list[str]]],
+    ) -> None:
+        with without_the_webhook(kube, register), \
+                compiled(control_plane, kube, compile_stream("--hybrid")):
+            alone = {case.name: create(case) for case in DECIDED + LEFT_TO_THE_WEBHOOK}
+        for case in DECIDED:
+            assert alone[case.name] == by_webhook[case.name], case.name
+        stamps = {name: (pod["metadata"].get("annotations") or {}).get(STATUS)
+                  for name, (pod, _) in alone.items()}
+        assert stamps["unknown"] == '{"policies":[],"skipped":"unknown-policy"}'
+        assert stamps["opted-out"] == '{"policies":[],"skipped":"opted-out"}'
+        assert stamps["no-policies"] == '{"policies":[],"skipped":"no-policies"}'
+        assert by_webhook["unknown-among-known"][1] == [
+            f"pod {pod['metadata']['namespace']}/pod-unknown-among-known was admitted without "
+            "injection: unknown injection policy 'nope', 'other' (check the "
+            f"{INJECT} annotation)" for pod in [alone["unknown-among-known"][0]]]
+        for case in LEFT_TO_THE_WEBHOOK:  # not compiled: the compiled policies leave them be
+            pod, warnings = alone[case.name]
+            assert STATUS not in (pod["metadata"].get("annotations") or {}), case.name
+            assert warnings == [], case.name
+
+    def test_hybrid_gives_every_pod_what_the_webhook_alone_gives_it(
+        control_plane: ControlPlane, kube: Kube, register: Register, create: Create,
+        by_webhook: dict[str, tuple[dict[str, Any], list[str]]],
+    ) -> None:
+        register("Fail")
+        with compiled(control_plane, kube, compile_stream("--hybrid")):
+            both = {case.name: create(case) for case in DECIDED + LEFT_TO_THE_WEBHOOK}
+        for case in DECIDED + LEFT_TO_THE_WEBHOOK:
+            assert both[case.name] == by_webhook[case.name], case.name
+        injected = json.loads(both["named"][0]["metadata"]["annotations"][STATUS])
+        assert injected["policies"] == ["wait-for-database", "logging"]
+
+    def test_compile_without_hybrid_names_what_it_cannot_compile() -> None:
+        result = CliRunner().invoke(cli, ["policies", "compile"])
+        assert result.exit_code == 1
+        lines = result.stderr.splitlines()
+        assert any(re.match(r"error: .*policies/logging\.yaml:\d+: policy 'logging': ", line)
+                   for line in lines), lines
+        assert result.stdout == ""
+
+else:
+
+    def test_this_apiserver_does_not_serve_mutating_admission_policies(kube: Kube) -> None:
+        """`compile` targets 1.36+: below it, admissionregistration.k8s.io/v1 has no
+        mutatingadmissionpolicies."""
+        resources = kube.admission.get_api_resources()
+        names = {resource.name for resource in resources.resources}
+        assert "validatingadmissionpolicies" in names  # the group itself is served
+        assert "mutatingadmissionpolicies" not in names

@@ -1,0 +1,245 @@
+"""`policies compile`: the policy set as admission policies the apiserver runs itself (Kubernetes
+1.36+, admissionregistration.k8s.io/v1), with nothing on the pod path.
+
+The design (docs/research/mutating-admission-policy.md): one engine MutatingAdmissionPolicy for the
+whole set, because the apiserver runs policies in no fixed order, with one JSONPatch mutation; two
+bindings that mirror the chart's two webhook entries (namespace opt-in, pod-label opt-in); and a
+ValidatingAdmissionPolicy with the `Warn` action for the warnings the webhook returns.
+
+What is compiled so far: selection (the pod's annotation, the namespace's default policies, the
+global defaults, opt-out) and every decision that skips the pod (`opted-out`, `no-policies`,
+`unknown-policy`), with the webhook's exact stamp and warning. Injecting a policy's containers,
+volumes and the rest is not compiled yet: such a policy is reported, with its file and the reason,
+and `--hybrid` leaves the pods that ask for it to the webhook. That split is safe as it is: the
+compiled policy runs before any webhook, and a pod it stamps is a no-op for the webhook (its stamp
+makes a repeat call a no-op), so one pod never gets both engines.
+
+Everything that depends only on the policy files is decided here (names, texts); CEL answers only
+the questions that depend on the pod and its namespace. Texts the webhook also writes (the stamp,
+the warning) come from the engine's own functions, cut at markers, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from webhook.engine import EngineConfig
+from webhook.keys import OPT_IN, OPT_OUT, SYSTEM_NAMESPACES, USE_DEFAULTS
+from webhook.policy import PolicySet
+from webhook.render import skipped_status
+from webhook.selection import SkipReason, unknown_policy_warning
+
+API_VERSION = "admissionregistration.k8s.io/v1"
+#: the first Kubernetes minor that serves MutatingAdmissionPolicy in admissionregistration/v1
+MINIMUM_MINOR = 36
+NOT_COMPILED = "injecting a policy is not compiled yet; `--hybrid` leaves its pods to the webhook"
+STRICT_NOT_COMPILED = ("--strict denies pods that name an unknown policy, and denials are not "
+                       "compiled yet; `--hybrid` leaves those pods to the webhook")
+
+Obj = dict[str, Any]
+#: markers where values go in a text the engine writes (plain ASCII: JSON leaves them alone)
+HOLE = ("<<hole-0>>", "<<hole-1>>")
+
+
+@dataclass(frozen=True, slots=True)
+class Uncompiled:
+    """A policy (or a setting, with `policy` empty) left to the webhook, and why."""
+
+    policy: str
+    source: str
+    reason: str
+
+    def __str__(self) -> str:
+        subject = f"{self.source}: policy {self.policy!r}" if self.policy else self.source
+        return f"{subject}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """The objects to apply, and what was left to the webhook."""
+
+    objects: list[Obj]
+    uncompiled: list[Uncompiled]
+
+    def yaml(self) -> str:
+        return yaml.safe_dump_all(self.objects, sort_keys=False, width=100)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the objects go: their name (the chart's fullname), the webhook's own namespace
+    (never touched), whether pods may opt in by label from a plain namespace, and the failure
+    policy of the engine policy."""
+
+    name: str = "sidecar-injector"
+    own_namespace: str | None = None
+    pod_opt_in: bool = True
+    failure_policy: str = "Fail"
+
+
+def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) -> Compiled:
+    """The engine MutatingAdmissionPolicy, the warning ValidatingAdmissionPolicy and their
+    bindings for `policies` under `config`; every policy is listed as not compiled (yet)."""
+    uncompiled = [Uncompiled(name, policies[name].source, NOT_COMPILED)
+                  for name in policies.names()]
+    if config.selection.strict:
+        uncompiled.append(Uncompiled("", "--strict", STRICT_NOT_COMPILED))
+    cel = _Cel(policies, config)
+    labels = {"app.kubernetes.io/name": "sidecar-injector",
+              "app.kubernetes.io/managed-by": "sidecar-injector-compile"}
+    constraints = {
+        "resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                           "operations": ["CREATE"]}],
+        "namespaceSelector": {"matchExpressions": [_excluded(target)]},
+        "matchPolicy": "Equivalent",
+    }
+    engine = {
+        "apiVersion": API_VERSION, "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": target.name, "labels": labels},
+        "spec": {
+            "failurePolicy": target.failure_policy,
+            "matchConstraints": constraints,
+            "matchConditions": [{"name": "not-stamped", "expression": cel.not_stamped}],
+            "variables": cel.variables,
+            "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": cel.patch}}],
+            # a repeat is a no-op (the stamp's matchCondition), as a repeat webhook call is
+            "reinvocationPolicy": "IfNeeded",
+        },
+    }
+    warn_name = f"{target.name}-warn"
+    warn = {
+        "apiVersion": API_VERSION, "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": warn_name, "labels": labels},
+        "spec": {
+            "failurePolicy": "Ignore",  # a warning never blocks a pod
+            "matchConstraints": constraints,
+            "variables": cel.variables,
+            "validations": [{"expression": cel.not_skipped_unknown,
+                             "messageExpression": cel.unknown_warning}],
+        },
+    }
+    objects: list[Obj] = [engine]
+    for suffix, selectors in _entries(target, config):
+        objects.append(_binding("MutatingAdmissionPolicyBinding", target.name, suffix, labels,
+                                selectors))
+    objects.append(warn)
+    for suffix, selectors in _entries(target, config):
+        objects.append(_binding("ValidatingAdmissionPolicyBinding", warn_name, suffix, labels,
+                                {**selectors, "validationActions": ["Warn"]}))
+    return Compiled(objects, uncompiled)
+
+
+def _excluded(target: Target) -> Obj:
+    """Namespaces never touched nor stamped: the system ones and the webhook's own."""
+    names = sorted(SYSTEM_NAMESPACES) + ([target.own_namespace] if target.own_namespace else [])
+    return {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": names}
+
+
+def _entries(target: Target, config: EngineConfig) -> list[tuple[str, Obj]]:
+    """The chart's two webhook entries as binding selectors: pods in an opted-in namespace
+    (unless labelled out), and pods labelled in from a plain one (with `pod_opt_in`)."""
+    inject = config.selection.keys.inject
+    entries = [("namespace", "In", {"key": inject, "operator": "NotIn", "values": [OPT_OUT]}),
+               ("pod", "NotIn", {"key": inject, "operator": "In", "values": [OPT_IN]})]
+    return [(name, {"matchResources": {
+        "namespaceSelector": {"matchExpressions": [
+            {"key": inject, "operator": operator, "values": [OPT_IN]}, _excluded(target)]},
+        "objectSelector": {"matchExpressions": [pod]},
+        "matchPolicy": "Equivalent",
+    }}) for name, operator, pod in entries[:2 if target.pod_opt_in else 1]]
+
+
+def _binding(kind: str, policy: str, suffix: str, labels: dict[str, str], spec: Obj) -> Obj:
+    return {"apiVersion": API_VERSION, "kind": kind,
+            "metadata": {"name": f"{policy}-{suffix}", "labels": labels},
+            "spec": {"policyName": policy, **spec}}
+
+
+def literal(value: object) -> str:
+    """A CEL literal for a string, a list of strings or a map of string to bool (JSON's string
+    syntax is CEL's, with the escapes both have)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(literal(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{literal(k)}: {'true' if v else 'false'}"
+                               for k, v in value.items()) + "}"
+    raise TypeError(f"no CEL literal for {value!r}")
+
+
+def _around(text: str, *markers: str) -> list[str]:
+    """`text` cut at each marker, in order: the constant pieces between the values."""
+    pieces = []
+    for marker in markers:
+        head, found, text = text.partition(marker)
+        assert found, f"{marker!r} missing from {text!r}"
+        pieces.append(head)
+    return [*pieces, text]
+
+
+class _Cel:
+    """The CEL expressions of the engine policy and the warning policy."""
+
+    def __init__(self, policies: PolicySet, config: EngineConfig) -> None:
+        selection = config.selection
+        keys = selection.keys
+        known = literal(dict.fromkeys(policies.names(), True))
+
+        def annotation(obj: str, key: str) -> str:
+            return (f"has({obj}.metadata.annotations) && {literal(key)} in "
+                    f"{obj}.metadata.annotations")
+
+        def names(text: str) -> str:  # selection.parse_policy_list, without its dedup
+            return f"{text}.split(',').map(n, n.trim()).filter(n, n != '')"
+
+        skips = {
+            "opted-out": "variables.word == " + literal(OPT_OUT),
+            "no-policies": "size(variables.requested) == 0",
+        }
+        if not selection.strict:
+            skips["unknown-policy"] = "size(variables.unknown) > 0"
+        decision = "''"
+        for reason, condition in reversed(skips.items()):
+            decision = f"{condition} ? {literal(SkipReason(reason).value)} : {decision}"
+        self.variables = [
+            {"name": "hasInject", "expression": annotation("object", keys.inject)},
+            {"name": "inject", "expression": "variables.hasInject ? object.metadata.annotations"
+                                             f"[{literal(keys.inject)}] : ''"},
+            {"name": "word", "expression": "variables.inject.trim().lowerAscii()"},
+            {"name": "useDefaults", "expression": "!variables.hasInject || variables.word in "
+                                                  + literal(sorted(USE_DEFAULTS))},
+            {"name": "namespaceDefaults", "expression": (
+                f"{annotation('namespaceObject', keys.policies)} ? "
+                + names(f"namespaceObject.metadata.annotations[{literal(keys.policies)}]")
+                + " : []")},
+            {"name": "requested", "expression": (
+                "(!variables.useDefaults ? " + names("variables.inject")
+                + " : size(variables.namespaceDefaults) > 0 ? variables.namespaceDefaults : "
+                + literal(list(selection.default_policies)) + ").distinct()")},
+            {"name": "unknown", "expression": f"variables.requested.filter(n, !(n in {known}))"},
+            {"name": "decision", "expression": decision},
+        ]
+        self.not_stamped = f"!({annotation('object', keys.status)})"
+        head, tail = _around(skipped_status(HOLE[0]), HOLE[0])
+        stamp = f"{literal(head)} + variables.decision + {literal(tail)}"
+        self.patch = (
+            "variables.decision == '' ? [] : [has(object.metadata.annotations) ? "
+            "JSONPatch{op: 'add', path: '/metadata/annotations/' + "
+            f"jsonpatch.escapeKey({literal(keys.status)}), value: {stamp}}} : "
+            "JSONPatch{op: 'add', path: '/metadata/annotations', "
+            f"value: {{{literal(keys.status)}: {stamp}}}}}]"
+        )
+        unknown_stamp = skipped_status(SkipReason.UNKNOWN_POLICY.value)
+        self.not_skipped_unknown = (
+            f"!({annotation('object', keys.status)}) || object.metadata.annotations"
+            f"[{literal(keys.status)}] != {literal(unknown_stamp)}")
+        start, middle, end = _around(unknown_policy_warning(*HOLE, keys), *HOLE)
+        self.unknown_warning = (
+            f"{literal(start)} + namespaceObject.metadata.name + '/' + object.metadata.name + "
+            f"{literal(middle)} + variables.unknown.map(n, \"'\" + n + \"'\").join(', ') + "
+            f"{literal(end)}")
