@@ -55,7 +55,7 @@ class Answer:
     head: bytes
     middle: bytes
     tail: bytes
-    patch: str | None
+    patch: EncodedPatch | None
     token: str | None
 
     @classmethod
@@ -73,22 +73,63 @@ class Answer:
         # the decision and warnings only: the patch's operations (thousands of objects for a
         # large pod) would be uncounted memory that every garbage collection walks
         summary = Outcome(outcome.decision, warnings=outcome.warnings)
-        return cls(summary, head, middle, tail, patch, token)
+        encoded = None if patch is None else EncodedPatch.of(patch.encode(), token)
+        return cls(summary, head, middle, tail, encoded, token)
 
     def for_pod(self, uid: str, token: str | None) -> bytes:
         """The answer for the review `uid` of a pod whose token volume is named `token`."""
         if self.patch is None:
             return b"".join((self.head, orjson.dumps(uid), self.tail))
-        patch = self.patch
-        if token != self.token and token is not None and self.token is not None:
-            patch = patch.replace(self.token, token)
-        encoded = base64.b64encode(patch.encode())
+        encoded = self.patch.with_token(token)
         return b"".join((self.head, orjson.dumps(uid), self.middle, b'"', encoded, b'"',
                          self.tail))
 
     @property
     def size(self) -> int:
-        return len(self.head) + len(self.middle) + len(self.tail) + len(self.patch or "")
+        patch = 0 if self.patch is None else len(self.patch.raw) + len(self.patch.encoded)
+        return len(self.head) + len(self.middle) + len(self.tail) + patch
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPatch:
+    """A patch's text, its base64 encoding, and the 3-byte aligned ranges of the text that hold
+    the token volume's name it was rendered with: another pod's answer re-encodes only those
+    (a few dozen bytes) and splices them in, instead of encoding the whole patch again."""
+
+    raw: bytes
+    encoded: bytes
+    token: bytes | None
+    windows: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, raw: bytes, token: str | None) -> EncodedPatch:
+        windows: list[tuple[int, int]] = []
+        name = None if token is None else token.encode()
+        at = -1 if name is None else raw.find(name)
+        while name is not None and at != -1:
+            low, high = at // 3 * 3, min(len(raw), -(-(at + len(name)) // 3) * 3)
+            if windows and low <= windows[-1][1]:
+                windows[-1] = (windows[-1][0], high)
+            else:
+                windows.append((low, high))
+            at = raw.find(name, at + len(name))
+        return cls(raw, base64.b64encode(raw), name, tuple(windows))
+
+    def with_token(self, token: str | None) -> bytes:
+        """The base64 text of this patch with `token` where its own token volume name is."""
+        name = None if token is None else token.encode()
+        if name is None or self.token is None or name == self.token or not self.windows:
+            return self.encoded
+        if len(name) != len(self.token):  # the windows no longer line up
+            return base64.b64encode(self.raw.replace(self.token, name))
+        pieces, done = [], 0
+        for low, high in self.windows:  # `low` is a multiple of 3: 4 base64 bytes per 3
+            pieces.append(self.encoded[done // 3 * 4:low // 3 * 4])
+            pieces.append(base64.b64encode(self.raw[low:high].replace(self.token, name)))
+            done = high
+        if done < len(self.raw):  # else the last window reached the end (and its padding)
+            pieces.append(self.encoded[done // 3 * 4:])
+        return b"".join(pieces)
 
 
 class AnswerCache:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import SHIPPED_POLICIES
 from tests.unit.test_properties import INJECT, pods, policy_sets
-from webhook.answers import HOLE, PATCH_HOLE, Answer, AnswerCache
+from webhook.answers import HOLE, PATCH_HOLE, Answer, AnswerCache, EncodedPatch
 from webhook.engine import EngineConfig, mutate
 from webhook.policy import PolicySet, load_policy_dir
 from webhook.review import answer, parse_review
@@ -226,3 +226,21 @@ def test_replicas_differ_in_their_token_volumes_name_and_each_gets_its_own() -> 
     assert "kube-api-access-vwxyz" in patch
     assert "kube-api-access-abcde" not in patch
     assert "kube-api-access-abcde" in base64.b64decode(first["response"]["patch"]).decode()
+
+
+TOKENS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=5, max_size=5).map(
+    lambda suffix: f"kube-api-access-{suffix}")
+
+
+@settings(max_examples=300)
+@given(pieces=st.lists(st.binary(max_size=40), min_size=1, max_size=6), old=TOKENS,
+       new=st.one_of(st.none(), TOKENS, st.just("kube-api-access-longer")))
+def test_a_patch_re_encoded_for_another_token_is_the_encoding_of_its_text(
+    pieces: list[bytes], old: str, new: str | None,
+) -> None:
+    """The splice of re-encoded windows equals encoding the whole text with the new name, for
+    tokens at every offset modulo 3, side by side, at the start and at the end."""
+    raw = old.encode().join(pieces)
+    patch = EncodedPatch.of(raw, old)
+    expected = raw if new is None else raw.replace(old.encode(), new.encode())
+    assert patch.with_token(new) == base64.b64encode(expected)
