@@ -103,6 +103,9 @@ def _serve_option(name: str, **kwargs: Any) -> Decorator:
 @_serve_option("--kube-version", help="Cluster version for sidecarMode: auto [default: native].")
 @_serve_option("--reload-interval", type=float,
                help="Seconds between checks of the policy and certificate files [default: 2].")
+@_serve_option("--events/--no-events",
+               help="Record Events on the owners of pods skipped or denied (needs create and "
+                    "patch on events) [default: on, with cluster access].")
 def serve(**flags: Any) -> None:
     """Run the HTTPS admission webhook (POST /mutate, /validate, /healthz, /readyz, /metrics).
 

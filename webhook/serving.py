@@ -196,7 +196,8 @@ def run(settings: Settings) -> int:
                                    on_version=runtime.learn_kube_version)
     runtime.namespaces = namespaces
     namespaces.start()
-    sink = ApiEventSink.connect(settings.kubeconfig)  # Events need the same cluster access
+    # Events need the same cluster access
+    sink = ApiEventSink.connect(settings.kubeconfig) if settings.events else None
     if sink is not None:
         runtime.events = EventRecorder(sink, on_drop=runtime.metrics.drop_events,
                                        instance=socket.gethostname())

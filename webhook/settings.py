@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     kube_version: str | None = None
     reload_interval: float = Field(default=2.0, gt=0)
+    events: bool = True
     pod_namespace: str | None = Field(
         default=None, validation_alias=AliasChoices("POD_NAMESPACE", "pod_namespace")
     )

@@ -151,6 +151,18 @@ def test_the_rbac_grants_only_namespace_reads_and_event_writes() -> None:
     assert of_kind(render(), "Role") == []
 
 
+def test_without_events_the_server_records_none_and_the_rbac_grants_none() -> None:
+    objects = render({"events.enabled": "false"})
+    (role,) = of_kind(objects, "ClusterRole")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]
+    (deployment,) = of_kind(objects, "Deployment")
+    (server,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--no-events" in server["args"]
+    (default,) = of_kind(render(), "Deployment")
+    assert "--no-events" not in default["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
 def test_failure_policy_timeout_prefix_and_url_are_values() -> None:
     hooks = webhooks({"webhook.failurePolicy": "Fail", "webhook.timeoutSeconds": "3",
                       "prefix": "acme.io", "webhook.url": "https://127.0.0.1:9443/mutate",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +191,37 @@ def test_with_events_refused_admissions_succeed_and_the_drops_are_counted(
     failures = [line for line in log.splitlines() if "cannot record an Event" in line]
     assert len(failures) == 1, failures  # logged once per interval, not once per pod
     assert "403" in failures[0]
+
+
+def test_with_no_events_the_webhook_records_none(
+    control_plane: ControlPlane, kube: Kube, namespace: NewNamespace,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`--no-events` (the chart's `events.enabled=false`), with full cluster access: pods are
+    still stamped, and their ReplicaSet gets no Event, not even a dropped one."""
+    server = ServerProcess(tmp_path_factory.mktemp("no-events"), policies=POLICIES,
+                           log=control_plane.logs / "no-events.log",
+                           args=["--kubeconfig", str(control_plane.kubeconfig), "--no-events"],
+                           env={"POD_NAMESPACE": "no-events"})
+    server.start()
+    config = webhook_configuration(url=server.url("/mutate"), ca_bundle=server.ca_bundle,
+                                   failure_policy="Fail", release="no-events")
+    ns = namespace()
+    app = f"web-{uuid.uuid4().hex[:4]}"
+    try:
+        with instead_of_the_suites_webhook(kube, config):
+            wait_for(lambda: skipped(kube.create_pod(ns, pod_manifest(
+                f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "nope"}),
+                dry_run=True)[0]) == "unknown-policy", 60, "the no-events webhook to be called")
+            kube.create_deployment(ns, deployment(app, replicas=2, policies="nope"))
+            owner = replica_set(kube, ns, app)
+            wait_for(lambda: len(kube.list_pods(ns, f"app={app}")) == 2, 90,
+                     "the replicaset controller to create the pods")
+            assert {skipped(pod) for pod in kube.list_pods(ns, f"app={app}")} == {
+                "unknown-policy"}
+            time.sleep(2)  # with Events on, the first one is sent within milliseconds
+            assert events_on(kube, ns, owner["metadata"]["uid"]) == []
+            for reason in ("queue-full", "forbidden", "api-error"):
+                assert dropped(server, reason) == 0
+    finally:
+        server.stop()
