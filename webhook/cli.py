@@ -270,14 +270,15 @@ def check(directory: Path, pod_security: str | None) -> None:
                help="The server's --on-conflict [default: deny].")
 @click.option("--name", default="sidecar-injector", show_default=True,
               help="Name of the engine policy (the chart's fullname); the others derive from it.")
-@click.option("--failure-policy", type=click.Choice(["Fail", "Ignore"]), default="Fail",
-              show_default=True, help="What the apiserver does when the engine policy errs.")
+@click.option("--failure-policy", type=click.Choice(["Fail", "Ignore"]), default=None,
+              help="What the apiserver does when the engine policy errs [default: Ignore with "
+                   "--hybrid (the webhook then decides the pod), else Fail].")
 @click.option("--pod-opt-in/--no-pod-opt-in", default=True, show_default=True,
               help="Also bind pods labelled P/inject=enabled in plain namespaces (the chart's "
                    "webhook.podOptIn).")
 @click.option("--hybrid", is_flag=True,
               help="Compile what can be, and leave the pods that need the rest to the webhook.")
-def compile_command(*, name: str, failure_policy: str, pod_opt_in: bool, hybrid: bool,
+def compile_command(*, name: str, failure_policy: str | None, pod_opt_in: bool, hybrid: bool,
                     **serve_flags: Any) -> None:
     """Write the policy set as admission policies the apiserver runs itself (Kubernetes 1.36+):
     a MutatingAdmissionPolicy, a ValidatingAdmissionPolicy for warnings, and their bindings, as a
@@ -302,8 +303,13 @@ def compile_command(*, name: str, failure_policy: str, pod_opt_in: bool, hybrid:
             click.echo(problem, err=True)
         sys.exit(EXIT_DENIED)
     config = settings.engine_config()
+    if config.selection.own_namespace is None:
+        click.echo("warning: POD_NAMESPACE is not set, so only the system namespaces are "
+                   "excluded: set it to the webhook's namespace (the chart's release namespace)",
+                   err=True)
     target = Target(name=name, own_namespace=config.selection.own_namespace,
-                    pod_opt_in=pod_opt_in, failure_policy=failure_policy)
+                    pod_opt_in=pod_opt_in,
+                    failure_policy=failure_policy or ("Ignore" if hybrid else "Fail"))
     compiled = compile_policies(loaded, config, target)
     for left in compiled.uncompiled:
         click.echo(f"{'left to the webhook' if hybrid else 'error'}: {left}", err=True)

@@ -8,11 +8,13 @@ ValidatingAdmissionPolicy with the `Warn` action for the warnings the webhook re
 
 What is compiled so far: selection (the pod's annotation, the namespace's default policies, the
 global defaults, opt-out) and every decision that skips the pod (`opted-out`, `no-policies`,
-`unknown-policy`), with the webhook's exact stamp and warning. Injecting a policy's containers,
-volumes and the rest is not compiled yet: such a policy is reported, with its file and the reason,
-and `--hybrid` leaves the pods that ask for it to the webhook. That split is safe as it is: the
-compiled policy runs before any webhook, and a pod it stamps is a no-op for the webhook (its stamp
-makes a repeat call a no-op), so one pod never gets both engines.
+`unknown-policy`), with the webhook's exact stamp and warning. A pod whose annotations the two
+could read differently (see MAX_TEXT, PYTHON_ONLY_SPACE, PLAIN_NAME) is left to the webhook.
+Injecting a policy's containers, volumes and the rest is not compiled yet: such a policy is
+reported, with its file and the reason, and `--hybrid` leaves the pods that ask for it to the
+webhook. That split is safe as it is: the compiled policy runs before any webhook, and a pod it
+stamps is a no-op for the webhook (its stamp makes a repeat call a no-op), so one pod never gets
+both engines.
 
 Everything that depends only on the policy files is decided here (names, texts); CEL answers only
 the questions that depend on the pod and its namespace. Texts the webhook also writes (the stamp,
@@ -29,7 +31,7 @@ import yaml
 
 from webhook.engine import EngineConfig
 from webhook.keys import OPT_IN, OPT_OUT, SYSTEM_NAMESPACES, USE_DEFAULTS
-from webhook.policy import PolicySet
+from webhook.policy import PolicySet, revision
 from webhook.render import skipped_status
 from webhook.selection import SkipReason, unknown_policy_warning
 
@@ -43,6 +45,13 @@ STRICT_NOT_COMPILED = ("--strict denies pods that name an unknown policy, and de
 Obj = dict[str, Any]
 #: markers where values go in a text the engine writes (plain ASCII: JSON leaves them alone)
 HOLE = ("<<hole-0>>", "<<hole-1>>")
+#: Pods the compiled policy leaves to the webhook (so that it never decides one differently):
+#: an annotation longer than this (the CEL cost of a list of names grows with it) ...
+MAX_TEXT = 512
+#: ... or holding U+001C-U+001F, which Python's str.strip() removes and CEL's trim() keeps ...
+PYTHON_ONLY_SPACE = "[\\x1c-\\x1f]"
+#: ... or naming an unknown policy the webhook's warning would quote differently (repr())
+PLAIN_NAME = "^[ -&(-\\[\\]-~]*$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +108,9 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
     }
     engine = {
         "apiVersion": API_VERSION, "kind": "MutatingAdmissionPolicy",
-        "metadata": {"name": target.name, "labels": labels},
+        "metadata": {"name": target.name, "labels": labels,
+                     "annotations": {f"{config.selection.keys.prefix}/compiled-from":
+                                     _settings(policies, config)}},
         "spec": {
             "failurePolicy": target.failure_policy,
             "matchConstraints": constraints,
@@ -119,7 +130,8 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
             "matchConstraints": constraints,
             "variables": cel.variables,
             "validations": [{"expression": cel.not_skipped_unknown,
-                             "messageExpression": cel.unknown_warning}],
+                             "messageExpression": cel.unknown_warning,
+                             "message": cel.unknown_fallback}],
         },
     }
     objects: list[Obj] = [engine]
@@ -131,6 +143,17 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
         objects.append(_binding("ValidatingAdmissionPolicyBinding", warn_name, suffix, labels,
                                 {**selectors, "validationActions": ["Warn"]}))
     return Compiled(objects, uncompiled)
+
+
+def _settings(policies: PolicySet, config: EngineConfig) -> str:
+    """What the objects were compiled from, for whoever compares them with the server's
+    settings: they must be the same, or the two engines decide pods differently."""
+    selection = config.selection
+    return json.dumps({
+        "policies": revision(policies[name] for name in policies.names()),
+        "defaultPolicies": list(selection.default_policies), "strict": selection.strict,
+        "onConflict": config.on_conflict, "ownNamespace": selection.own_namespace,
+    }, separators=(",", ":"))
 
 
 def _excluded(target: Target) -> Obj:
@@ -213,16 +236,23 @@ class _Cel:
             {"name": "word", "expression": "variables.inject.trim().lowerAscii()"},
             {"name": "useDefaults", "expression": "!variables.hasInject || variables.word in "
                                                   + literal(sorted(USE_DEFAULTS))},
-            {"name": "namespaceDefaults", "expression": (
-                f"{annotation('namespaceObject', keys.policies)} ? "
-                + names(f"namespaceObject.metadata.annotations[{literal(keys.policies)}]")
-                + " : []")},
+            {"name": "namespaceText", "expression": (
+                f"{annotation('namespaceObject', keys.policies)} ? namespaceObject.metadata"
+                f".annotations[{literal(keys.policies)}] : ''")},
+            {"name": "namespaceDefaults", "expression": names("variables.namespaceText")},
             {"name": "requested", "expression": (
-                "(!variables.useDefaults ? " + names("variables.inject")
+                "!variables.useDefaults ? " + names("variables.inject")
                 + " : size(variables.namespaceDefaults) > 0 ? variables.namespaceDefaults : "
-                + literal(list(selection.default_policies)) + ").distinct()")},
-            {"name": "unknown", "expression": f"variables.requested.filter(n, !(n in {known}))"},
-            {"name": "decision", "expression": decision},
+                + literal(list(selection.default_policies)))},
+            # deduplicated for the warning only: distinct() costs quadratically
+            {"name": "unknown",
+             "expression": f"variables.requested.filter(n, !(n in {known})).distinct()"},
+            # (no list literal of the two: the apiserver wants one element type per literal)
+            {"name": "leftToWebhook", "expression": " || ".join([
+                *(f"size({text}) > {MAX_TEXT} || {text}.matches({literal(PYTHON_ONLY_SPACE)})"
+                  for text in ("variables.inject", "variables.namespaceText")),
+                f"variables.unknown.exists(n, !n.matches({literal(PLAIN_NAME)}))"])},
+            {"name": "decision", "expression": f"variables.leftToWebhook ? '' : {decision}"},
         ]
         self.not_stamped = f"!({annotation('object', keys.status)})"
         head, tail = _around(skipped_status(HOLE[0]), HOLE[0])
@@ -236,8 +266,10 @@ class _Cel:
         )
         unknown_stamp = skipped_status(SkipReason.UNKNOWN_POLICY.value)
         self.not_skipped_unknown = (
+            f"variables.decision != {literal(SkipReason.UNKNOWN_POLICY.value)} || "
             f"!({annotation('object', keys.status)}) || object.metadata.annotations"
             f"[{literal(keys.status)}] != {literal(unknown_stamp)}")
+        self.unknown_fallback = unknown_policy_warning("(a pod)", "(see its annotation)", keys)
         start, middle, end = _around(unknown_policy_warning(*HOLE, keys), *HOLE)
         self.unknown_warning = (
             f"{literal(start)} + namespaceObject.metadata.name + '/' + object.metadata.name + "

@@ -58,6 +58,8 @@ DECIDED = [
     Case("unknown-namespace-default", {INJECT: "true"},
          namespace_annotations={NAMESPACE_POLICIES: "nope, logging"}),
     Case("no-policies", {INJECT: " , ,"}),
+    Case("bare-pod-unknown-namespace-default",  # the stamp adds the whole annotations map
+         namespace_annotations={NAMESPACE_POLICIES: "nope"}),
     Case("pod-label-opt-in", {INJECT: "nope"}, {INJECT: "enabled"}, opted_in=False),
     Case("plain-namespace", {INJECT: "nope"}, opted_in=False),
     Case("pod-label-opt-out", {INJECT: "nope"}, {INJECT: "false"}),
@@ -71,6 +73,10 @@ LEFT_TO_THE_WEBHOOK = [
     Case("named", {INJECT: "wait-for-database,logging"}),
     Case("namespace-default", {INJECT: "enabled"},
          namespace_annotations={NAMESPACE_POLICIES: "metrics-exporter"}),
+    # what the compiled policy leaves to the webhook, to decide as it does (webhook.compiled)
+    Case("huge-annotation", {INJECT: ",".join(["nope"] * 200)}),
+    Case("python-only-space", {INJECT: "false\x1f"}),
+    Case("quoted-unknown-name", {INJECT: "it's"}),
 ]
 
 
@@ -138,10 +144,12 @@ def compiled(plane: ControlPlane, kube: Kube, stream: str) -> Iterator[None]:
 def _stamped_by_policy(kube: Kube, namespace: str) -> bool:
     body = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "probe-unknown"})
     try:
-        pod, _ = kube.create_pod(namespace, body, dry_run=True)
+        pod, warnings = kube.create_pod(namespace, body, dry_run=True)
     except ApiException:
         return False
-    return "unknown-policy" in (pod["metadata"].get("annotations") or {}).get(STATUS, "")
+    # both policies: the apiserver picks each up on its own refresh
+    return ("unknown-policy" in (pod["metadata"].get("annotations") or {}).get(STATUS, "")
+            and any(VAP_WARNING.match(warning) for warning in warnings))
 
 
 @contextmanager

@@ -5,6 +5,8 @@ none of Kubernetes' CEL libraries but `distinct`, supplied below.)"""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,20 @@ from hypothesis import strategies as st
 
 from tests.conftest import SHIPPED_POLICIES
 from webhook.cli import cli
-from webhook.compiled import Target, compile_policies, literal
+from webhook.compiled import MAX_TEXT, PLAIN_NAME, Target, compile_policies, literal
 from webhook.engine import EngineConfig
 from webhook.keys import Keys
-from webhook.policy import PolicySet, load_policy_dir
+from webhook.policy import PolicySet, load_policy_dir, revision
 from webhook.render import skipped_status
-from webhook.selection import Deny, Inject, Selection, Skip, parse_policy_list, select
+from webhook.selection import (
+    Deny,
+    Inject,
+    Selection,
+    Skip,
+    SkipReason,
+    parse_policy_list,
+    select,
+)
 
 KEYS = Keys()
 POLICIES = load_policy_dir(SHIPPED_POLICIES)
@@ -64,57 +74,82 @@ def run_variables(spec: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     return variables
 
 
-NAMES = st.sampled_from([*POLICIES.names(), "nope", "other", "Logging"])
-SPACE = st.sampled_from(["", " ", "  ", "\t"])
+ODD_NAMES = ["it's", "a\\b", 'say"x"', "\u200bx", "caf\u00e9", "tab\tin", "new\nline"]
+NAMES = st.one_of(st.sampled_from([*POLICIES.names(), "nope", "other", "Logging"]),
+                  st.sampled_from(ODD_NAMES))
+SPACE = st.sampled_from(["", " ", "  ", "\t", "\xa0", "\u3000", "\x85", "\x1c", "\x1f"])
 WORDS = st.sampled_from(["true", "TRUE", "enabled", "Enabled", "false", "False", ""])
 
 
 @st.composite
 def policy_lists(draw: st.DrawFn) -> str:
     items = draw(st.lists(st.one_of(NAMES, st.just("")), max_size=4))
-    return ",".join(draw(SPACE) + item + draw(SPACE) for item in items)
+    text = ",".join(draw(SPACE) + item + draw(SPACE) for item in items)
+    return text * draw(st.sampled_from([1, 1, 1, 200]))  # now and then, a huge annotation
 
 
 INJECT = st.one_of(st.none(), policy_lists(), st.builds(lambda a, w, b: a + w + b, SPACE, WORDS,
                                                          SPACE))
 
 
-@settings(max_examples=300, deadline=None)
+def left_to_the_webhook(texts: list[str], unknown: list[str]) -> bool:
+    """The pods the compiled policy leaves to the webhook (webhook.compiled's MAX_TEXT,
+    PYTHON_ONLY_SPACE, PLAIN_NAME): then the webhook decides, so both engines agree."""
+    return (any(len(t) > MAX_TEXT or re.search("[\x1c-\x1f]", t) for t in texts)
+            or any(not re.fullmatch(PLAIN_NAME, name) for name in unknown))
+
+
+@settings(max_examples=400, deadline=None)
 @given(inject=INJECT, namespace_policies=st.one_of(st.none(), policy_lists()),
-       defaults=st.lists(NAMES, max_size=2, unique=True), strict=st.booleans())
+       defaults=st.lists(NAMES, max_size=2, unique=True), strict=st.booleans(),
+       bare=st.booleans(), stamped=st.booleans())
 def test_the_compiled_selection_decides_as_the_engine(
     inject: str | None, namespace_policies: str | None, defaults: list[str], strict: bool,
+    bare: bool, stamped: bool,
 ) -> None:
+    """`bare`: a pod without annotations at all; `stamped`: one its author stamped already."""
     selection = Selection(keys=KEYS, default_policies=tuple(defaults), strict=strict,
                           own_namespace="sidecar-injector")
     config = EngineConfig(selection=selection)
     annotations = {} if inject is None else {KEYS.inject: inject}
-    metadata = {"name": POD, "namespace": NAMESPACE, "annotations": annotations}
+    if stamped:
+        annotations[KEYS.status] = '{"policies":[]}'
+    metadata: dict[str, Any] = {"name": POD, "namespace": NAMESPACE}
+    if annotations or not bare:
+        metadata["annotations"] = annotations
     namespace_annotations = ({} if namespace_policies is None
                              else {KEYS.policies: namespace_policies})
     expected = select(metadata, namespace=NAMESPACE, settings=selection, known=POLICIES.policies,
                       namespace_policies=parse_policy_list(namespace_policies or ""))
     made = objects(POLICIES, config)
+    engine = made["MutatingAdmissionPolicy"]["spec"]
     data = {"object": {"metadata": metadata},
             "namespaceObject": {"metadata": {"name": NAMESPACE,
                                              "annotations": namespace_annotations}}}
-    decision = run_variables(made["MutatingAdmissionPolicy"]["spec"], data)["decision"]
-    if isinstance(expected, Skip):
+    (condition,) = engine["matchConditions"]
+    if not evaluate(condition["expression"], data):
+        assert isinstance(expected, Skip)
+        assert expected.reason is SkipReason.ALREADY_INJECTED
+        return
+    variables = run_variables(engine, data)
+    decision = variables["decision"]
+    if left_to_the_webhook([inject or "", namespace_policies or ""], variables["unknown"]):
+        assert decision == ""
+    elif isinstance(expected, Skip):
         assert decision == expected.reason.value
     else:  # injecting, or a strict denial: left to the webhook
         assert isinstance(expected, Inject | Deny)
         assert decision == ""
     warn = made["ValidatingAdmissionPolicy"]["spec"]
     stamp = skipped_status(decision) if decision else "injected, or left to the webhook"
-    stamped = {**metadata, "annotations": {**annotations, KEYS.status: stamp}}
-    validation = warn["validations"][0]
-    warned_data = {**data, "object": {"metadata": stamped}}
-    warned_data["variables"] = run_variables(warn, warned_data)
-    passes = evaluate(validation["expression"], warned_data)
-    if passes:
-        assert expected.warnings == ()
+    after = {**data, "object": {"metadata": {**metadata, "annotations": {
+        **annotations, KEYS.status: stamp}}}}
+    after["variables"] = run_variables(warn, after)
+    (validation,) = warn["validations"]
+    if evaluate(validation["expression"], after):
+        assert decision != SkipReason.UNKNOWN_POLICY.value
     else:
-        assert [evaluate(validation["messageExpression"], warned_data)] == list(expected.warnings)
+        assert [evaluate(validation["messageExpression"], after)] == list(expected.warnings)
 
 
 def test_literals_are_cel_strings_lists_and_maps() -> None:
@@ -126,7 +161,7 @@ def test_compile_names_each_policy_it_cannot_compile_and_exits_1() -> None:
     result = CliRunner().invoke(cli, ["policies", "compile", "--policies", str(SHIPPED_POLICIES)])
     assert result.exit_code == 1
     assert result.stdout == ""
-    lines = result.stderr.splitlines()
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == len(POLICIES)
     logging = POLICIES["logging"].source
     assert f"error: {logging}: policy 'logging': injecting a policy is not compiled yet" in (
@@ -156,3 +191,22 @@ def test_invalid_policies_are_the_same_file_line_errors_as_check(tmp_path: Path)
     assert compiled.exit_code == checked.exit_code == 1
     assert compiled.stderr == checked.stderr
     assert f"{tmp_path / 'bad.yaml'}:" in compiled.stderr
+
+
+def test_compile_warns_when_the_webhooks_own_namespace_is_unknown() -> None:
+    without = CliRunner().invoke(cli, ["policies", "compile", "--hybrid"],
+                                 env={"POD_NAMESPACE": None})
+    assert "warning: POD_NAMESPACE is not set" in without.stderr
+    with_it = CliRunner().invoke(cli, ["policies", "compile", "--hybrid"],
+                                 env={"POD_NAMESPACE": "injector"})
+    assert "POD_NAMESPACE" not in with_it.stderr
+    assert "- injector\n" in with_it.stdout  # excluded by every binding
+
+
+def test_the_engine_policy_records_what_it_was_compiled_from() -> None:
+    config = EngineConfig(selection=Selection(default_policies=("logging",), strict=True))
+    engine = objects(POLICIES, config)["MutatingAdmissionPolicy"]
+    recorded = json.loads(engine["metadata"]["annotations"]["sidecar.company.com/compiled-from"])
+    assert recorded == {"policies": revision([POLICIES[n] for n in POLICIES.names()]),
+                        "defaultPolicies": ["logging"], "strict": True, "onConflict": "deny",
+                        "ownNamespace": None}
