@@ -28,7 +28,10 @@ def test_the_replicas_of_a_deployment_are_rendered_once(kube: Kube, namespace: N
                                                         webhook: Webhook,
                                                         register: Register) -> None:
     register("Fail")  # a pod the webhook did not answer is not created
-    ns = namespace()
+    # a namespace context the webhook's Namespace watch has seen: until then the first replicas
+    # are answered for an unknown namespace, a context of their own (a second render)
+    ns = namespace(annotations={"sidecar.company.com/policies": "metrics-exporter"})
+    wait_for(lambda: _defaults_seen(kube, ns), 30, "the webhook to learn the namespace")
     template = pod_manifest(annotations={INJECT: "logging,metrics-exporter"})
     template["metadata"]["labels"]["app"] = "cached"
     before = lookups(webhook)
@@ -48,3 +51,9 @@ def test_the_replicas_of_a_deployment_are_rendered_once(kube: Kube, namespace: N
     after = lookups(webhook)
     assert after.get("miss", 0) - before.get("miss", 0) == 1
     assert after.get("hit", 0) - before.get("hit", 0) == REPLICAS - 1
+
+
+def _defaults_seen(kube: Kube, namespace: str) -> bool:
+    """Whether a pod naming no policy gets the namespace's default (not the global one)."""
+    pod, _ = kube.create_pod(namespace, pod_manifest(generate_name="probe-"), dry_run=True)
+    return '"policies":["metrics-exporter"]' in pod["metadata"]["annotations"][STATUS]
