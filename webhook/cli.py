@@ -125,6 +125,13 @@ def serve(**flags: Any) -> None:
     sys.exit(run(settings))
 
 
+def server_flags_from_args(args: list[str]) -> dict[str, Any]:
+    """A `serve` command line (a Deployment's arguments) read by `serve`'s own options: the
+    Settings fields it sets."""
+    context = serve.make_context("serve", list(args), resilient_parsing=True)
+    return {key: value for key, value in context.params.items() if value is not None}
+
+
 def _first_error(exc: ValueError) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):
@@ -441,8 +448,10 @@ def drift(*, namespace: str | None, kubeconfig: Path | None, policies_dir: Path 
     annotation records and injected again with the same engine as the server, in its
     namespace's context. Reported, by owning workload, with a reason: stale-revision,
     policy-removed, policies-changed, unstamped (never seen by the webhook), skip-outdated,
-    would-deny, invalid-stamp. Pass the server's --default-policies, --prefix, --strict and
-    --on-conflict (or its SIDECAR_INJECTOR_* variables).
+    would-deny, invalid-stamp. With --release, the server's --default-policies, --prefix,
+    --strict, --on-conflict and --kube-version not given here are read from the release's
+    Deployment, and its webhook configuration says whether pods opt in by label; with
+    --policies, pass them (or its SIDECAR_INJECTOR_* variables).
 
     Exit 0 when nothing drifted, 1 when something did, 2 on bad usage, invalid policies or a
     cluster error (no access, unreachable, forbidden).
@@ -465,13 +474,15 @@ def drift(*, namespace: str | None, kubeconfig: Path | None, policies_dir: Path 
                       release=release, release_namespace=release_namespace,
                       output=output, restart=restart, dry_run=dry_run)  # type: ignore[arg-type]
     try:
-        result = run(request, connect=Cluster)
+        result = run(request, connect=Cluster, server_flags=server_flags_from_args)
     except PolicyError as exc:
         for problem in exc.problems:
             click.echo(problem, err=True)
         sys.exit(EXIT_USAGE)
     except ClusterError as exc:
         _fail(str(exc), EXIT_USAGE)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     click.echo(result.text, nl=False)
     for error in result.errors:
         click.echo(f"error: {error}", err=True)

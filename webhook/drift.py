@@ -207,11 +207,12 @@ class Report:
 # Which pods, and what drifted
 
 
-def in_scope(pod: Mapping[str, Any], namespace: Namespace, selection: Selection) -> bool:
+def in_scope(pod: Mapping[str, Any], namespace: Namespace, selection: Selection, *,
+             pod_opt_in: bool = True) -> bool:
     """Whether the apiserver would send a pod like this one to the webhook (an opted-in
-    namespace, or the pod label elsewhere; not opted out by label; not a system namespace nor
-    the webhook's own), and it still runs or will (a finished or terminating pod is going
-    away)."""
+    namespace, or the pod label elsewhere when the webhook has that entry, `pod_opt_in`; not
+    opted out by label; not a system namespace nor the webhook's own), and it still runs or will
+    (a finished or terminating pod is going away)."""
     if selection.untouched(namespace.name):
         return False
     metadata = pod.get("metadata") or {}
@@ -221,7 +222,7 @@ def in_scope(pod: Mapping[str, Any], namespace: Namespace, selection: Selection)
     label = (metadata.get("labels") or {}).get(selection.keys.inject)
     if label == OPT_OUT:
         return False
-    return namespace.opted_in(selection.keys) or label == OPT_IN
+    return namespace.opted_in(selection.keys) or (pod_opt_in and label == OPT_IN)
 
 
 def expect(pod: dict[str, Any], *, namespace: Namespace, policies: PolicySet,

@@ -267,6 +267,7 @@ class Cluster:
         self._apps: Any = client.AppsV1Api(api)
         self._batch: Any = client.BatchV1Api(api)
         self._version: Any = client.VersionApi(api)
+        self._admission: Any = client.AdmissionregistrationV1Api(api)
 
     def version(self) -> tuple[int, int] | None:
         """The cluster's Kubernetes minor, None when it does not say."""
@@ -303,6 +304,16 @@ class Cluster:
     def config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._call(f"read ConfigMap {namespace}/{name}",
                           self._core.read_namespaced_config_map, name, namespace,
+                          missing_ok=True)
+
+    def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._call(f"read Deployment {namespace}/{name}",
+                          self._apps.read_namespaced_deployment, name, namespace,
+                          missing_ok=True)
+
+    def mutating_webhooks(self, name: str) -> dict[str, Any] | None:
+        return self._call(f"read MutatingWebhookConfiguration {name}",
+                          self._admission.read_mutating_webhook_configuration, name,
                           missing_ok=True)
 
     def restart(self, namespace: str, kind: str, name: str, body: dict[str, Any], *,

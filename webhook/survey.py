@@ -59,14 +59,18 @@ class Source(Protocol):
 
     def config_map(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
+    def deployment(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def mutating_webhooks(self, name: str) -> dict[str, Any] | None: ...
+
     def restart(self, namespace: str, kind: str, name: str, body: dict[str, Any], *,
                 dry_run: bool) -> dict[str, Any]: ...
 
 
 def survey(source: Source, *, namespace: str | None, policies: PolicySet,
-           config: EngineConfig) -> Report:
-    """Check the pods of `namespace`, or of every opted-in namespace and those opted in by
-    label elsewhere, against `policies`."""
+           config: EngineConfig, pod_opt_in: bool = True) -> Report:
+    """Check the pods of `namespace`, or of every opted-in namespace and (with `pod_opt_in`,
+    the chart's `webhook.podOptIn`) those opted in by label elsewhere, against `policies`."""
     keys = config.selection.keys
     if namespace is not None:
         found = source.namespace(namespace)
@@ -76,7 +80,8 @@ def survey(source: Source, *, namespace: str | None, policies: PolicySet,
         pods = source.pods(namespace)
     else:
         spaces = {ns.name: ns for ns in map(Namespace.of, source.namespaces())}
-        pods = source.pods(label_selector=f"{keys.inject}={OPT_IN}")  # opted in by label
+        pods = (source.pods(label_selector=f"{keys.inject}={OPT_IN}")  # opted in by label
+                if pod_opt_in else [])
         for ns in spaces.values():
             if ns.opted_in(keys) and not config.selection.untouched(ns.name):
                 pods += [p for p in source.pods(ns.name)
@@ -84,7 +89,7 @@ def survey(source: Source, *, namespace: str | None, policies: PolicySet,
     checked, drifts = 0, []
     for pod in pods:
         space = spaces.get(str(pod["metadata"].get("namespace") or ""))
-        if space is None or not in_scope(pod, space, config.selection):
+        if space is None or not in_scope(pod, space, config.selection, pod_opt_in=pod_opt_in):
             continue
         checked += 1
         drift = classify(pod, namespace=space, policies=policies, config=config)
@@ -184,14 +189,23 @@ class Result:
     text: str
     errors: list[str]
     exit_code: int
+    notes: tuple[str, ...] = ()  # for stderr, whatever the exit code
 
 
 def run(request: Request, *, connect: Callable[[Path | None], Source],
-        now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Result:
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        server_flags: ServerFlags | None = None) -> Result:
     """The whole command: load the server's policies, survey, restart if asked, render.
-    PolicyError (invalid policies) and ClusterError (no access, a refused read) propagate."""
+    With `--release`, the server's own settings (`server_flags` reads them from its Deployment's
+    arguments) fill in those not given, and its webhook configuration says whether pods opt in
+    by label. PolicyError (invalid policies) and ClusterError (no access, a refused read)
+    propagate."""
     policies = load_policy_dir(request.policies_dir) if request.policies_dir else None
     cluster = connect(request.settings.kubeconfig)
+    settings, pod_opt_in = request.settings, True
+    notes: list[str] = []
+    if request.release is not None:
+        settings, pod_opt_in, notes = release_settings(cluster, request, server_flags)
     if policies is None:
         release, where = request.release or CHART_NAME, request.release_namespace
         name = policies_config_map(release)
@@ -201,14 +215,58 @@ def run(request: Request, *, connect: Callable[[Path | None], Source],
                                f"release (--release) and {where} its namespace "
                                "(--release-namespace)?")
         policies = load_config_map_policies(found, f"configmap/{where}/{name}")
-    config = request.settings.engine_config()
+    config = settings.engine_config()
     if config.selection.own_namespace is None:  # POD_NAMESPACE unset: the release's is the one
         config = replace(config, selection=replace(config.selection,
                                                    own_namespace=request.release_namespace))
     config = with_cluster_version(config, cluster.version())
-    report = survey(cluster, namespace=request.namespace, policies=policies, config=config)
+    report = survey(cluster, namespace=request.namespace, policies=policies, config=config,
+                    pod_opt_in=pod_opt_in)
     errors = []
     if request.restart or request.dry_run:
         errors = restart(cluster, report, dry_run=request.dry_run, now=now())
     code = FAILED if errors else DRIFTED if report.groups else CLEAN
-    return Result(render(report, request.output), errors, code)
+    return Result(render(report, request.output), errors, code, tuple(notes))
+
+
+#: reads a `serve` command line into Settings fields (the CLI parses it with its own options)
+ServerFlags = Callable[[list[str]], Mapping[str, Any]]
+#: the settings that shape an injection, which a release's Deployment may set
+SHAPING = ("default_policies", "prefix", "strict", "on_conflict", "kube_version")
+
+
+def release_settings(cluster: Source, request: Request, server_flags: ServerFlags | None,
+                     ) -> tuple[Settings, bool, list[str]]:
+    """The settings to judge pods by: those given, then for the others the release's
+    Deployment's `serve` arguments; whether the release's webhook has the pod-label entry; and
+    notes that say where each came from (or why it could not be read)."""
+    assert request.release is not None
+    fullname, where = chart_fullname(request.release), request.release_namespace
+    settings, notes = request.settings, []
+    try:
+        deployment = cluster.deployment(where, fullname)
+    except ClusterError as exc:
+        deployment = None
+        notes.append(f"{exc}: judging by the settings given")
+    if deployment is not None and server_flags is not None:
+        containers = ((deployment.get("spec") or {}).get("template") or {}).get(
+            "spec", {}).get("containers") or []
+        args = next((c.get("args") or [] for c in containers if "serve" in (c.get("args") or [])),
+                    [])
+        found = server_flags([a for a in args if a != "serve"]) if args else {}
+        taken = {key: value for key, value in found.items()
+                 if key in SHAPING and value is not None and key not in settings.model_fields_set}
+        if taken:
+            settings = settings.model_copy(update=taken)
+            notes.append(f"settings from Deployment {where}/{fullname}: " + ", ".join(
+                f"{key.replace('_', '-')}={value}" for key, value in sorted(taken.items())))
+    pod_opt_in = True
+    try:
+        configuration = cluster.mutating_webhooks(fullname)
+    except ClusterError as exc:
+        configuration = None
+        notes.append(f"{exc}: assuming pods may opt in by label")
+    if configuration is not None:
+        names = [str(w.get("name") or "") for w in configuration.get("webhooks") or []]
+        pod_opt_in = any(name.startswith("pod.") for name in names)
+    return settings, pod_opt_in, notes

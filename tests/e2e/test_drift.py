@@ -186,11 +186,18 @@ def test_a_changed_policy_is_found_and_restart_rolls_the_deployment(
 
     # the chart's own ConfigMap, as `helm install drift -n drift-webhook` makes it, holds the
     # shipped policies: against those, the new pods are the stale ones
-    (chart_policies,) = of_kind(render(namespace=OWN_NAMESPACE, release=RELEASE), "ConfigMap")
+    chart = render({"defaultPolicies": "logging"}, namespace=OWN_NAMESPACE, release=RELEASE)
+    (chart_policies,) = of_kind(chart, "ConfigMap")
     assert chart_policies["metadata"]["name"] == policies_config_map(RELEASE)
     _apply_config_map(kube, chart_policies)
+    # and its Deployment (no kubelet runs its pods): drift takes the server's settings from it
+    (server,) = of_kind(chart, "Deployment")
+    kube.apps.create_namespaced_deployment(OWN_NAMESPACE, server)
     released = hook.drift("-n", ns, "--release", RELEASE, "-o", "json")
     assert released.exit_code == 1, released.output
+    assert released.stderr == (f"note: settings from Deployment {OWN_NAMESPACE}/"
+                               f"{RELEASE}-sidecar-injector: default-policies=logging, "
+                               "on-conflict=deny, prefix=sidecar.company.com\n")
     pods = json.loads(released.stdout)["workloads"][0]["pods"]
     assert [(p["reason"], p["expected"]["revision"]) for p in pods] == [
         ("stale-revision", before)] * 2

@@ -20,7 +20,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from tests.conftest import WritePolicies
-from webhook.cli import cli
+from webhook.cli import cli, server_flags_from_args
 from webhook.drift import (
     Expected,
     Group,
@@ -375,6 +375,9 @@ class FakeCluster:
         self.config_maps = config_maps or {}
         self.refuse = refuse
         self.restarts: list[tuple[str, str, str, dict[str, Any], bool]] = []
+        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.webhooks: dict[str, dict[str, Any]] = {}
+        self.refuse_webhooks = False
 
     def version(self) -> tuple[int, int] | None:
         return (1, 37)
@@ -398,6 +401,14 @@ class FakeCluster:
 
     def config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.config_maps.get((namespace, name))
+
+    def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.deployments.get((namespace, name))
+
+    def mutating_webhooks(self, name: str) -> dict[str, Any] | None:
+        if self.refuse_webhooks:
+            raise ClusterError(f"cannot read MutatingWebhookConfiguration {name}: 403 Forbidden")
+        return self.webhooks.get(name)
 
     def restart(self, namespace: str, kind: str, name: str, body: dict[str, Any], *,
                 dry_run: bool) -> dict[str, Any]:
@@ -790,3 +801,58 @@ def test_invalid_policies_are_the_lines_of_policies_check_and_exit_2(
     result = invoke("--policies", str(directory))
     assert result.exit_code == 2
     assert result.stderr == checked.stderr != ""
+
+
+# ---------------------------------------------------------------------------------------------
+# --release: the server's own settings and webhook entries
+
+
+def server_deployment(*args: str) -> dict[str, Any]:
+    server = {"name": "webhook", "args": ["serve", "--policies=/etc/sidecar-injector/policies",
+                                          *args]}
+    return {"spec": {"template": {"spec": {"containers": [server]}}}}
+
+
+def test_with_a_release_the_servers_own_settings_judge_its_pods(
+    write_policies: WritePolicies,
+) -> None:
+    """A pod injected by the server's --default-policies is in step with the release: drift
+    reads that setting from the release's Deployment; a setting given on the command line wins."""
+    agent = policy_set(write_policies, agent=AGENT)
+    defaults = EngineConfig(selection=Selection(default_policies=("agent",)))
+    pod = new_pod("web-5d8f-a", annotation=None)
+    outcome = mutate(pod, namespace="shop", policies=agent, config=defaults)
+    injected = jsonpatch.apply_patch(pod, outcome.patch)
+    cluster = FakeCluster(namespaces=[{"metadata": {"name": "shop",
+                                                    "labels": {INJECT: "enabled"}}}],
+                          pods=[injected])
+    cluster.config_maps[("infra", "prod-sidecar-injector-policies")] = {
+        "data": {"agent.yaml": AGENT}}
+    asked = request(release="prod", release_namespace="infra", output="json")
+    assert run(asked, connect=lambda _: cluster, server_flags=server_flags_from_args).exit_code == 1
+    cluster.deployments[("infra", "prod-sidecar-injector")] = server_deployment(
+        "--default-policies=agent", "--log-level=info")
+    judged = run(asked, connect=lambda _: cluster, server_flags=server_flags_from_args)
+    assert (judged.exit_code, json.loads(judged.text)["checked"]) == (0, 1)
+    assert judged.notes == (
+        "settings from Deployment infra/prod-sidecar-injector: default-policies=agent",)
+    given = Request(Settings(default_policies=""), release="prod", release_namespace="infra")
+    assert run(given, connect=lambda _: cluster, server_flags=server_flags_from_args).exit_code == 1
+
+
+def test_without_the_pod_entry_label_opted_pods_elsewhere_are_not_checked(
+    cluster: FakeCluster,
+) -> None:
+    cluster.config_maps[("infra", "prod-sidecar-injector-policies")] = {
+        "data": {"agent.yaml": AGENT}}
+    asked = request(release="prod", release_namespace="infra", output="json")
+    everything = json.loads(run(asked, connect=lambda _: cluster).text)["checked"]
+    cluster.webhooks["prod-sidecar-injector"] = {"webhooks": [
+        {"name": "namespace.sidecar-injector.sidecar.company.com"}]}  # webhook.podOptIn=false
+    fewer = json.loads(run(asked, connect=lambda _: cluster).text)["checked"]
+    assert fewer == everything - 1  # the blog pod opted in by its label
+    cluster.refuse_webhooks = True
+    refused = run(asked, connect=lambda _: cluster)
+    assert json.loads(refused.text)["checked"] == everything
+    assert refused.notes == ("cannot read MutatingWebhookConfiguration prod-sidecar-injector: "
+                             "403 Forbidden: assuming pods may opt in by label",)
