@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -27,6 +28,10 @@ log = logging.getLogger("sidecar_injector.kube")
 
 WATCH_SECONDS = 300
 MAX_BACKOFF = 30.0
+#: a namespace the watch has not shown yet is read once, within this (connect, answer) time; a
+#: failed read is not tried again for FETCH_RETRY_SECONDS
+FETCH_TIMEOUT = (1, 2)
+FETCH_RETRY_SECONDS = 10.0
 
 
 class NamespaceDefaults:
@@ -42,6 +47,8 @@ class NamespaceDefaults:
         self._levels: dict[str, Level] = {}
         self._labels: dict[str, dict[str, str]] = {}
         self._invalid_levels: set[tuple[str, str]] = set()  # logged once each
+        self._failed_reads: dict[str, float] = {}  # namespace -> monotonic time of the failure
+        self._api: Any = None
         self._synced = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,6 +75,26 @@ class NamespaceDefaults:
     def connected(self) -> bool:
         return self._synced.is_set()
 
+    def missing(self, namespace: str) -> bool:
+        """Whether `namespace` is one the watch has not shown yet (a namespace created a moment
+        ago), worth a `fetch` before deciding for one of its pods."""
+        if not self._synced.is_set() or not namespace or namespace in self._labels:
+            return False
+        failed = self._failed_reads.get(namespace)
+        return failed is None or time.monotonic() - failed > FETCH_RETRY_SECONDS
+
+    def fetch(self, namespace: str) -> None:
+        """Read `namespace` now (blocking, bounded by FETCH_TIMEOUT) and remember it, so that
+        its first pods get its default policies and labels; on failure, the watch will tell."""
+        try:
+            self._remember(self._api.read_namespace(namespace, _request_timeout=FETCH_TIMEOUT))
+        except Exception as exc:  # the watch stays the source; this read is only a shortcut
+            self._failed_reads[namespace] = time.monotonic()
+            log.warning("cannot read a namespace the watch has not shown yet: deciding without "
+                        "it", extra={"namespace": namespace, "reason": _reason(exc)})
+        else:
+            self._failed_reads.pop(namespace, None)
+
     def start(self) -> None:
         """Connect and start watching; without cluster access, say so once and serve without."""
         try:
@@ -80,6 +107,7 @@ class NamespaceDefaults:
                         "global defaults apply", extra={"reason": str(exc)})
             return
         self.status = "connecting"
+        self._api = api
         self._thread = threading.Thread(target=self._run, args=(api,), name="namespace-watch",
                                         daemon=True)
         self._thread.start()

@@ -10,6 +10,7 @@ apiserver applies the configured failurePolicy; nothing a client sends can raise
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -57,6 +58,10 @@ class MutateEndpoint:
         except ReviewError as exc:
             await _send_json(send, 400, {"error": str(exc)})
             return
+        namespaces = self.runtime.namespaces
+        if namespaces is not None and namespaces.missing(review.namespace):
+            # created a moment ago, its watch event still on the way: read it, off the loop
+            await asyncio.to_thread(namespaces.fetch, review.namespace)
         try:
             if scope["path"] == MUTATE_PATH:
                 payload = self.runtime.respond(review, body)
