@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import jsonpatch
@@ -38,7 +38,7 @@ EXIT_DENIED = 1
 EXIT_USAGE = 2
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -113,16 +113,22 @@ def serve(**flags: Any) -> None:
     ReplicaSets, Jobs and CronJobs with warnings only. With cluster access, a skipped or denied
     pod's owner gets an Event (InjectionSkipped, InjectionDenied).
     """
+    settings = _settings(flags, "invalid settings")
+    from webhook.serving import run  # noqa: PLC0415 - the web stack loads only for `serve`
+
+    sys.exit(run(settings))
+
+
+def _settings(flags: dict[str, Any], problem: str) -> Settings:
+    """Settings from the options given (None: not given; `--policies` is `policies_dir`);
+    invalid ones exit 2 with `error: PROBLEM: what is wrong`."""
     given = {key: value for key, value in flags.items() if value is not None}
     if "policies_dir" in given:
         given["policies"] = given.pop("policies_dir")
     try:
-        settings = Settings(**given)
+        return Settings(**given)
     except ValueError as exc:
-        _fail(f"invalid settings: {_first_error(exc)}", EXIT_USAGE)
-    from webhook.serving import run  # noqa: PLC0415 - the web stack loads only for `serve`
-
-    sys.exit(run(settings))
+        _fail(f"{problem}: {_first_error(exc)}", EXIT_USAGE)
 
 
 def server_flags_from_args(args: list[str]) -> dict[str, Any]:
@@ -296,13 +302,7 @@ def compile_command(*, name: str, failure_policy: str | None, pod_opt_in: bool, 
     1; with --hybrid the rest is written, and the pods that need what was not compiled are left
     to the webhook (exit 0). Invalid policies: file:line errors, exit 1.
     """
-    given = {key: value for key, value in serve_flags.items() if value is not None}
-    if "policies_dir" in given:
-        given["policies"] = given.pop("policies_dir")
-    try:
-        settings = Settings(**given)
-    except ValueError as exc:
-        _fail(f"invalid option: {_first_error(exc)}", EXIT_USAGE)
+    settings = _settings(serve_flags, "invalid option")
     try:
         loaded = load_policy_dir(settings.policies)
     except PolicyError as exc:
