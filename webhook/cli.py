@@ -291,8 +291,14 @@ def check(directory: Path, pod_security: str | None) -> None:
                    "webhook.podOptIn).")
 @click.option("--hybrid", is_flag=True,
               help="Compile what can be, and leave the pods that need the rest to the webhook.")
+@click.option("--check-cluster", is_flag=True,
+              help="First check that the cluster (--kubeconfig, else the in-cluster config) "
+                   "serves MutatingAdmissionPolicy in admissionregistration.k8s.io/v1 "
+                   "(Kubernetes 1.36+); exit 1 with why if not, 2 without access.")
+@_serve_option("--kubeconfig", type=click.Path(path_type=Path),
+               help="Kubeconfig for --check-cluster [default: in-cluster config].")
 def compile_command(*, name: str, failure_policy: str | None, pod_opt_in: bool, hybrid: bool,
-                    **serve_flags: Any) -> None:
+                    check_cluster: bool, **serve_flags: Any) -> None:
     """Write the policy set as admission policies the apiserver runs itself (Kubernetes 1.36+):
     a MutatingAdmissionPolicy, a ValidatingAdmissionPolicy for warnings, and their bindings, as a
     YAML stream for `kubectl apply -f -`. The webhook's own namespace comes from POD_NAMESPACE,
@@ -303,6 +309,8 @@ def compile_command(*, name: str, failure_policy: str | None, pod_opt_in: bool, 
     to the webhook (exit 0). Invalid policies: file:line errors, exit 1.
     """
     settings = _settings(serve_flags, "invalid option")
+    if check_cluster:
+        _check_cluster(settings.kubeconfig)
     try:
         loaded = load_policy_dir(settings.policies)
     except PolicyError as exc:
@@ -323,6 +331,25 @@ def compile_command(*, name: str, failure_policy: str | None, pod_opt_in: bool, 
     if compiled.uncompiled and not hybrid:
         sys.exit(EXIT_DENIED)
     click.echo(compiled.yaml(), nl=False)
+
+
+def _check_cluster(kubeconfig: Path | None) -> None:
+    """Exit 1 unless the cluster serves what `compile` writes; 2 without cluster access."""
+    from webhook.compiled import MINIMUM_MINOR  # noqa: PLC0415
+    from webhook.errors import ClusterError  # noqa: PLC0415 - the client loads only here
+    from webhook.kube import Cluster  # noqa: PLC0415
+
+    try:
+        cluster = Cluster(kubeconfig)
+        served = cluster.admission_resources()
+        version = cluster.version()
+    except ClusterError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if "mutatingadmissionpolicies" not in served:
+        running = f"Kubernetes {version[0]}.{version[1]}" if version else "this cluster"
+        _fail(f"{cluster.host} ({running}) does not serve MutatingAdmissionPolicy in "
+              "admissionregistration.k8s.io/v1: compiled policies need Kubernetes "
+              f"1.{MINIMUM_MINOR} or newer; keep the webhook", EXIT_DENIED)
 
 
 def _labels(text: str | None) -> dict[str, str] | None:

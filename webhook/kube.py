@@ -334,6 +334,12 @@ class Cluster:
                           self._core.read_namespaced_config_map, name, namespace,
                           missing_ok=True)
 
+    def admission_resources(self) -> set[str]:
+        """The resources admissionregistration.k8s.io/v1 serves (empty when it is not served)."""
+        found = self._call("discover admissionregistration.k8s.io/v1",
+                           self._admission.get_api_resources, missing_ok=True) or {}
+        return {str(r.get("name")) for r in found.get("resources") or []}
+
     def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._call(f"read Deployment {namespace}/{name}",
                           self._apps.read_namespaced_deployment, name, namespace,

@@ -204,6 +204,13 @@ if MINOR >= MINIMUM_MINOR:
         injected = json.loads(both["named"][0]["metadata"]["annotations"][STATUS])
         assert injected["policies"] == ["wait-for-database", "logging"]
 
+    def test_check_cluster_finds_the_api_served(control_plane: ControlPlane) -> None:
+        result = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--check-cluster",
+                                          "--kubeconfig", str(control_plane.kubeconfig)],
+                                    env={"POD_NAMESPACE": RELEASE_NAMESPACE})
+        assert result.exit_code == 0, result.output
+        assert "kind: MutatingAdmissionPolicy" in result.stdout
+
     def test_compile_without_hybrid_names_what_it_cannot_compile() -> None:
         result = CliRunner().invoke(cli, ["policies", "compile"])
         assert result.exit_code == 1
@@ -221,3 +228,15 @@ else:
         names = {resource.name for resource in resources.resources}
         assert "validatingadmissionpolicies" in names  # the group itself is served
         assert "mutatingadmissionpolicies" not in names
+
+    def test_check_cluster_refuses_this_apiserver_and_says_what_is_needed(
+        control_plane: ControlPlane,
+    ) -> None:
+        result = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--check-cluster",
+                                          "--kubeconfig", str(control_plane.kubeconfig)])
+        assert result.exit_code == 1
+        assert result.stdout == ""
+        assert result.stderr.strip().splitlines() == [
+            f"error: {control_plane.url} (Kubernetes 1.{MINOR}) does not serve "
+            "MutatingAdmissionPolicy in admissionregistration.k8s.io/v1: compiled policies "
+            "need Kubernetes 1.36 or newer; keep the webhook"]

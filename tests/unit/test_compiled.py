@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_strings
 from click.testing import CliRunner
@@ -210,3 +211,14 @@ def test_the_engine_policy_records_what_it_was_compiled_from() -> None:
     assert recorded == {"policies": revision([POLICIES[n] for n in POLICIES.names()]),
                         "defaultPolicies": ["logging"], "strict": True, "onConflict": "deny",
                         "ownNamespace": None}
+
+
+def test_check_cluster_without_cluster_access_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("SIDECAR_INJECTOR_KUBECONFIG", raising=False)
+    result = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--check-cluster"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: no cluster access: not running in a cluster and no "
+                             "--kubeconfig given\n")
