@@ -1,14 +1,15 @@
 """A bounded cache of answers to Pod CREATE reviews, for pods made from one template.
 
-The pods of a ReplicaSet (of a Job, a StatefulSet but for their name) reach the webhook as the
-same bytes but for two things: the review's `uid`, and the name of the service-account token
-volume (`kube-api-access-` and 5 random characters) that the ServiceAccount admission plugin
-adds before the webhooks run. The apiserver generates `metadata.name` from `generateName` after
-admission. A scale-up of 100 replicas would otherwise render the same patch 100 times. An answer
-is a pure function of what the engine reads (`engine.mutate` does no I/O), so it is cached under
+The pods of a ReplicaSet (of a Job, a StatefulSet but for their name) reach the webhook as the same
+bytes but for three things: the review's `uid`, the name of the service-account token volume
+(`kube-api-access-` and 5 random characters) that the ServiceAccount admission plugin adds before
+the webhooks run, and the second its controller wrote it (`managedFields[].time`). The apiserver
+generates `metadata.name` from `generateName` after admission. A scale-up of 100 replicas would
+otherwise render the same patch 100 times. An answer is a pure function of what the engine reads
+(`engine.mutate` does no I/O), so it is cached under
 
-    (the review's bytes without its uid, with the token volume's name made one,
-     the namespace context the engine was given)
+    (the review's bytes without its uid, with the token volume's name made one and no
+     managedFields time, the namespace context the engine was given)
 
 The server's policy set and engine settings are not in the key: `bind` empties the cache when
 either changes. An answer is kept as JSON text with holes where the uid and the patch go, and the
@@ -19,6 +20,7 @@ volume name in, and base64-encodes the patch; it renders nothing.
 from __future__ import annotations
 
 import base64
+import re
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -35,6 +37,10 @@ _HOLE_JSON = orjson.dumps(HOLE)
 _PATCH_HOLE_JSON = orjson.dumps(PATCH_HOLE)
 #: what every token volume's name becomes in a key (a JSON text never holds a NUL byte)
 _ONE_TOKEN_VOLUME = b"kube-api-access-\0"
+#: the second at which a controller wrote a pod (`metadata.managedFields[].time`, the only member
+#: named `time` in a Pod review, and one the engine never reads): the replicas a ReplicaSet
+#: creates over several seconds are the same answer
+_MANAGED_FIELDS_TIME = re.compile(rb'"time":"[0-9:.TZ+-]*"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +161,7 @@ class AnswerCache:
         review = body.replace(b'"uid":' + orjson.dumps(uid), b"", 1)
         if token is not None:
             review = review.replace(token.encode(), _ONE_TOKEN_VOLUME)
+        review = _MANAGED_FIELDS_TIME.sub(b'"time":""', review)
         return Key(review, context)
 
     def bind(self, *state: object) -> None:

@@ -74,6 +74,22 @@ def test_the_same_pod_again_is_answered_from_the_cache_with_its_own_uid() -> Non
     assert runtime.metrics.answer_misses._value.get() == 1
 
 
+def test_replicas_written_in_different_seconds_share_an_answer() -> None:
+    """A ReplicaSet that creates its pods over several seconds (a slow start, a retried sync)
+    sends them with different `managedFields[].time`: one render all the same."""
+    runtime = Runtime(POLICIES, EngineConfig())
+    answers = []
+    for second in ("2026-12-02T04:31:15Z", "2026-12-02T04:31:16Z"):
+        pod = copy.deepcopy(POD)
+        pod["metadata"]["managedFields"] = [{
+            "manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+            "time": second, "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {}}}]
+        answers.append(respond(runtime, body(pod, second)))
+    assert runtime.metrics.answer_misses._value.get() == 1
+    assert runtime.metrics.answer_hits._value.get() == 1
+    assert answers[0]["response"]["patch"] == answers[1]["response"]["patch"]
+
+
 def test_every_byte_but_the_uid_decides_a_hit() -> None:
     runtime = Runtime(POLICIES, EngineConfig())
     other = copy.deepcopy(POD)
