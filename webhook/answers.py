@@ -37,10 +37,12 @@ _HOLE_JSON = orjson.dumps(HOLE)
 _PATCH_HOLE_JSON = orjson.dumps(PATCH_HOLE)
 #: what every token volume's name becomes in a key (a JSON text never holds a NUL byte)
 _ONE_TOKEN_VOLUME = b"kube-api-access-\0"
-#: the second at which a controller wrote a pod (`metadata.managedFields[].time`, the only member
-#: named `time` in a Pod review, and one the engine never reads): the replicas a ReplicaSet
-#: creates over several seconds are the same answer
-_MANAGED_FIELDS_TIME = re.compile(rb'"time":"[0-9:.TZ+-]*"')
+#: the second at which a controller wrote a pod (`metadata.managedFields[].time`, which the engine
+#: never reads), so that the replicas a ReplicaSet creates over several seconds are one answer.
+#: Only a managedFields entry has `apiVersion`, `time`, `fieldsType` in that order: Go writes a
+#: struct's fields in order, and a map's keys (labels, annotations) sorted, never t before f.
+_MANAGED_FIELDS_TIME = re.compile(
+    rb'("apiVersion":"[^"\\]*","time":)"[0-9:.TZ+-]*"(,"fieldsType":)')
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +163,7 @@ class AnswerCache:
         review = body.replace(b'"uid":' + orjson.dumps(uid), b"", 1)
         if token is not None:
             review = review.replace(token.encode(), _ONE_TOKEN_VOLUME)
-        review = _MANAGED_FIELDS_TIME.sub(b'"time":""', review)
+        review = _MANAGED_FIELDS_TIME.sub(rb'\1""\2', review)
         return Key(review, context)
 
     def bind(self, *state: object) -> None:

@@ -90,6 +90,16 @@ def test_replicas_written_in_different_seconds_share_an_answer() -> None:
     assert answers[0]["response"]["patch"] == answers[1]["response"]["patch"]
 
 
+def test_a_label_named_time_still_decides_a_hit() -> None:
+    """Only managedFields' time is left out of the key: a policy may read any label."""
+    runtime = Runtime(POLICIES, EngineConfig())
+    for second in ("2026-12-02T04:31:15Z", "2026-12-02T04:31:16Z"):
+        pod = copy.deepcopy(POD)
+        pod["metadata"]["labels"] = {"apiVersion": "v1", "fieldsType": "x", "time": second}
+        respond(runtime, body(pod, second))
+    assert runtime.metrics.answer_misses._value.get() == 2
+
+
 def test_every_byte_but_the_uid_decides_a_hit() -> None:
     runtime = Runtime(POLICIES, EngineConfig())
     other = copy.deepcopy(POD)
