@@ -20,7 +20,6 @@ volume name in, and base64-encodes the patch; it renders nothing.
 from __future__ import annotations
 
 import base64
-import re
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -37,12 +36,23 @@ _HOLE_JSON = orjson.dumps(HOLE)
 _PATCH_HOLE_JSON = orjson.dumps(PATCH_HOLE)
 #: what every token volume's name becomes in a key (a JSON text never holds a NUL byte)
 _ONE_TOKEN_VOLUME = b"kube-api-access-\0"
-#: the second at which a controller wrote a pod (`metadata.managedFields[].time`, which the engine
-#: never reads), so that the replicas a ReplicaSet creates over several seconds are one answer.
-#: Only a managedFields entry has `apiVersion`, `time`, `fieldsType` in that order: Go writes a
-#: struct's fields in order, and a map's keys (labels, annotations) sorted, never t before f.
-_MANAGED_FIELDS_TIME = re.compile(
-    rb'("apiVersion":"[^"\\]*","time":)"[0-9:.TZ+-]*"(,"fieldsType":)')
+
+
+def _written_at(managed_fields: object) -> list[tuple[bytes, bytes]]:
+    """`"time":"..."` of each entry of a pod's parsed `metadata.managedFields`: the second at which
+    a controller wrote the pod, which the engine never reads, so that the replicas a ReplicaSet
+    creates over several seconds are one answer. Replaced in the key as they appear in the body
+    (the apiserver writes an entry's `time` right after its `apiVersion`); found by their values,
+    not by scanning the whole review, so a label named `time` is never touched."""
+    if not isinstance(managed_fields, list):
+        return []
+    found = []
+    for entry in managed_fields:
+        if isinstance(entry, dict) and isinstance(entry.get("apiVersion"), str) and isinstance(
+                entry.get("time"), str):
+            version = b'"apiVersion":' + orjson.dumps(entry["apiVersion"]) + b',"time":'
+            found.append((version + orjson.dumps(entry["time"]), version + b'""'))
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +165,8 @@ class AnswerCache:
         return len(self._answers)
 
     @staticmethod
-    def key(body: bytes, uid: str, token: str | None, context: Hashable) -> Key:
+    def key(body: bytes, uid: str, token: str | None, context: Hashable,
+            managed_fields: object = None) -> Key:
         """What decides the answer: the review's bytes but for its `"uid":"..."` member and with
         the token volume's name `token` made one, and the namespace `context` the engine reads.
         The bytes themselves, not a digest, so two reviews share an answer only when they are
@@ -163,7 +174,8 @@ class AnswerCache:
         review = body.replace(b'"uid":' + orjson.dumps(uid), b"", 1)
         if token is not None:
             review = review.replace(token.encode(), _ONE_TOKEN_VOLUME)
-        review = _MANAGED_FIELDS_TIME.sub(rb'\1""\2', review)
+        for written, blank in _written_at(managed_fields):
+            review = review.replace(written, blank, 1)
         return Key(review, context)
 
     def bind(self, *state: object) -> None:

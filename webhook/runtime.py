@@ -71,6 +71,7 @@ class Runtime:
         level = namespaces.pod_security(namespace) if namespaces is not None else None
         labels = namespaces.labels(namespace) if namespaces is not None else None
         spec = review.object.get("spec") if isinstance(review.object, dict) else None
+        metadata = review.object.get("metadata") if isinstance(review.object, dict) else None
         volumes = spec.get("volumes") if isinstance(spec, dict) else None
         token = token_volume(volumes) if isinstance(volumes, list) else None
         key = None
@@ -78,7 +79,8 @@ class Runtime:
         if body is not None:
             self.answers.bind(policies, config)
             key = self.answers.key(body, review.uid, token, (
-                ns_policies, level, tuple(sorted(labels.items())) if labels is not None else None))
+                ns_policies, level, tuple(sorted(labels.items())) if labels is not None else None),
+                metadata.get("managedFields") if isinstance(metadata, dict) else None)
             cached = self.answers.get(key)
             (self.metrics.answer_misses if cached is None else self.metrics.answer_hits).inc()
         if cached is None:
