@@ -13,8 +13,8 @@ otherwise render the same patch 100 times. An answer is a pure function of what 
 
 The server's policy set and engine settings are not in the key: `bind` empties the cache when
 either changes. An answer is kept as JSON text with holes where the uid and the patch go, and the
-patch as text that names the token volume it was rendered with: a hit puts the pod's own uid and
-volume name in, and base64-encodes the patch; it renders nothing.
+patch base64-encoded with the token volume it was rendered with: a hit puts the pod's own uid in
+and re-encodes only the bytes around the volume's name (`EncodedPatch`); it renders nothing.
 """
 
 from __future__ import annotations
@@ -66,21 +66,20 @@ class Key:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """An encoded answer, the outcome it came from without its patch's operations (for the
-    metrics, the log and Events), and the token volume name its patch was rendered with."""
+    """An encoded answer, and the outcome it came from without its patch's operations (for the
+    metrics, the log and Events)."""
 
     outcome: Outcome
     head: bytes
     middle: bytes
     tail: bytes
     patch: EncodedPatch | None
-    token: str | None
 
     @classmethod
     def of(cls, outcome: Outcome, response: dict[str, Any], token: str | None) -> Answer:
         """`response` is the AdmissionReview built for the uid `HOLE` and the patch
         `PATCH_HOLE` (`review.answer(HOLE, outcome, patch=PATCH_HOLE)`), so the patch is
-        serialized once and encoded only per answer."""
+        serialized and encoded once, with the token volume name `token`."""
         patch = outcome.patch_json if "patch" in response["response"] else None
         head, hole, rest = orjson.dumps(response).partition(_HOLE_JSON)
         middle, patched, tail = rest.partition(_PATCH_HOLE_JSON)
@@ -92,7 +91,7 @@ class Answer:
         # large pod) would be uncounted memory that every garbage collection walks
         summary = Outcome(outcome.decision, warnings=outcome.warnings)
         encoded = None if patch is None else EncodedPatch.of(patch.encode(), token)
-        return cls(summary, head, middle, tail, encoded, token)
+        return cls(summary, head, middle, tail, encoded)
 
     def for_pod(self, uid: str, token: str | None) -> bytes:
         """The answer for the review `uid` of a pod whose token volume is named `token`."""
