@@ -82,7 +82,7 @@ class Runtime:
                 ns_policies, level, tuple(sorted(labels.items())) if labels is not None else None),
                 metadata.get("managedFields") if isinstance(metadata, dict) else None)
             cached = self.answers.get(key)
-            (self.metrics.answer_misses if cached is None else self.metrics.answer_hits).inc()
+            self.metrics.looked_up(cached is not None)
         if cached is None:
             outcome = mutate(review.object, namespace=namespace, policies=policies,
                              config=config, namespace_policies=ns_policies,

@@ -119,7 +119,7 @@ def create_app(runtime: Runtime, *, max_body_bytes: int) -> MutateEndpoint:
         return JSONResponse({"ready": ready, **details}, status_code=200 if ready else 503)
 
     @api.get("/metrics")
-    def metrics() -> Response:
+    async def metrics() -> Response:  # on the loop: the per-review metrics' only thread
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return MutateEndpoint(runtime, api, max_body_bytes)
