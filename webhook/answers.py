@@ -20,6 +20,7 @@ and re-encodes only the bytes around the volume's name (`EncodedPatch`); it rend
 from __future__ import annotations
 
 import base64
+import operator
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -180,8 +181,7 @@ class AnswerCache:
     def bind(self, *state: object) -> None:
         """Answer for this server state (the policy set, the engine settings) only: a state
         other than the last one's objects empties the cache."""
-        if len(state) != len(self._state) or any(
-                new is not old for new, old in zip(state, self._state, strict=True)):
+        if len(state) != len(self._state) or not all(map(operator.is_, state, self._state)):
             self.clear()
             self._state = state
 
