@@ -10,6 +10,7 @@ import logging
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -50,7 +51,48 @@ class _State(ServerState):
         self.draining = False
 
 
-class _Protocol(HttpToolsProtocol):
+class _OneWrite:
+    """The transport a response is written to: it holds the status line and headers until the
+    body's first bytes and writes them together. uvicorn writes them apart, and over TLS each
+    write is a record and a send(): an answer of a few KB in one record costs the server, and
+    the apiserver reading it, half the work (docs/benchmarks.md). An interim `100 Continue`
+    passes at once; a response without a body write leaves when it completes or closes."""
+
+    __slots__ = ("completed", "head", "transport")
+
+    def __init__(self, transport: asyncio.Transport, completed: Callable[[], None]) -> None:
+        self.transport = transport
+        self.head: bytes | None = None
+        self.completed = completed
+
+    def complete(self) -> None:
+        """The response is written: send what is held, then tell the protocol."""
+        self.flush()
+        self.completed()
+
+    def write(self, data: bytes) -> None:
+        head, self.head = self.head, None
+        if head is not None:
+            self.transport.write(head + data)
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 1"):
+            self.head = data  # uvicorn writes the status line and all headers in one write()
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        head, self.head = self.head, None
+        if head is not None:
+            self.transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+
+class Protocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with the loop times the watcher reads: when the request now
     awaited or arriving began (connecting, or its first byte after a response) and when the last
     response was written; while the server drains, every response closes the connection, and
@@ -75,9 +117,13 @@ class _Protocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:  # a new request's cycle
+            one = _OneWrite(self.transport, cycle.on_response)
+            cycle.transport, cycle.on_response = one, one.complete  # type: ignore[assignment]
         state = self.server_state
-        if isinstance(state, _State) and state.draining and self.cycle is not None:
-            self.cycle.keep_alive = False
+        if isinstance(state, _State) and state.draining and cycle is not None:
+            cycle.keep_alive = False
 
     def on_response_complete(self) -> None:
         self.receiving = False
@@ -155,7 +201,7 @@ class _Server(uvicorn.Server):
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            connections = [c for c in self.server_state.connections if isinstance(c, _Protocol)]
+            connections = [c for c in self.server_state.connections if isinstance(c, Protocol)]
             waiting = []
             for connection in connections:
                 if connection.working:
@@ -208,8 +254,9 @@ def run(settings: Settings) -> int:
     app = create_app(runtime, max_body_bytes=settings.max_body_bytes)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, ssl_context_factory=lambda *_: context,
-        http=_Protocol, timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        http=Protocol, timeout_keep_alive=KEEP_ALIVE_SECONDS,
         access_log=False, log_config=None, server_header=False, lifespan="off",
+        proxy_headers=False,  # nothing reads the client address; no header may change it
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         limit_concurrency=settings.max_connections + 64,  # 503s, past the watcher's cap
     )
