@@ -1,9 +1,12 @@
 """Reference servers measured beside `/mutate`, on the same uvicorn and TLS settings:
 `raw` (an ASGI handler that parses the review and answers: the floor), `raw-orjson` (the same with
 orjson), `same-bytes` (parses the review with orjson and answers with the very bytes `/mutate`
-gave for it, read from ANSWER: the floor for an injection, whose answer carries a patch) and
-`fastapi` (a FastAPI route that parses and answers).
-Run: `python -m bench.servers raw|raw-orjson|fastapi|same-bytes PORT CERT KEY [ANSWER]`."""
+gave for it, read from ANSWER: the floor for an injection, whose answer carries a patch),
+`same-bytes-one-write` (the same on the server's own HTTP protocol, which writes a response's head
+and body in one TLS record, where uvicorn's writes two) and `fastapi` (a FastAPI route that parses
+and answers).
+Run: `python -m bench.servers raw|raw-orjson|fastapi|same-bytes[-one-write] PORT CERT KEY [ANSWER]`.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from webhook.reload import tls_context
+from webhook.serving import Protocol
 
 
 async def raw(scope: Scope, receive: Receive, send: Send) -> None:
@@ -83,12 +87,13 @@ def main() -> None:
     kind, port, cert, key = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
     context = tls_context(cert, key)
     app: Any
-    if kind == "same-bytes":
+    if kind.startswith("same-bytes"):
         app = same_bytes(Path(sys.argv[5]).read_bytes())
     else:
         app = {"raw": raw, "raw-orjson": raw_orjson}.get(kind) or fastapi_app()
     uvicorn.run(app, host="127.0.0.1", port=port, ssl_context_factory=lambda *_: context,
-                access_log=False, log_level="warning", server_header=False, lifespan="off")
+                access_log=False, log_level="warning", server_header=False, lifespan="off",
+                http=Protocol if kind == "same-bytes-one-write" else "auto")
 
 
 if __name__ == "__main__":
