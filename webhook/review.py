@@ -17,7 +17,9 @@ from webhook.workloads import CHECKED_WORKLOADS
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
-DENIED_CODE = 400
+#: a denied pod: 403 Forbidden, what the apiserver's own admission (Pod Security, quota) and a
+#: ValidatingAdmissionPolicy answer, so both engines of `policies compile` deny alike
+DENIED_CODE = 403
 
 
 class ReviewError(ValueError):
@@ -93,7 +95,7 @@ def answer(uid: str, outcome: Outcome, *, patch: str | None = None) -> dict[str,
         response["patchType"] = "JSONPatch"
         response["patch"] = patch or base64.b64encode(outcome.patch_json.encode()).decode()
     if not outcome.allowed:
-        response["status"] = {"code": DENIED_CODE, "reason": "BadRequest",
+        response["status"] = {"code": DENIED_CODE, "reason": "Forbidden",
                               "message": outcome.message}
     if outcome.warnings:
         response["warnings"] = list(outcome.warnings)

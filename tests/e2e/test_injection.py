@@ -113,7 +113,7 @@ def test_a_name_clash_is_denied_with_the_message(kube: Kube, namespace: NewNames
     with pytest.raises(ApiException) as denied:
         kube.create_pod(ns, pod_manifest("web", annotations={INJECT: "logging"},
                                          containers=[{"name": taken, "image": "nginx:1.27"}]))
-    assert denied.value.status == 400
+    assert denied.value.status == 403
     assert f"adds container '{taken}', which clashes with the pod's container" in str(
         denied.value.body)
 

@@ -113,7 +113,8 @@ def test_a_clash_is_denied_with_a_status_code_and_message(server: ServerProcess)
     clashing["spec"]["containers"].append({"name": "logging-agent", "image": "mine"})
     response = post(server, review(clashing)).json()["response"]
     assert response["allowed"] is False
-    assert response["status"]["code"] == 400
+    assert response["status"] == {"code": 403, "reason": "Forbidden",
+                                  "message": response["status"]["message"]}
     assert "adds container 'logging-agent', which clashes with the pod's container" in (
         response["status"]["message"])
     assert "patch" not in response
