@@ -300,9 +300,9 @@ def check(directory: Path, pod_security: str | None) -> None:
 def compile_command(*, name: str, failure_policy: str | None, pod_opt_in: bool, hybrid: bool,
                     check_cluster: bool, **serve_flags: Any) -> None:
     """Write the policy set as admission policies the apiserver runs itself (Kubernetes 1.36+):
-    a MutatingAdmissionPolicy, a ValidatingAdmissionPolicy for warnings, and their bindings, as a
-    YAML stream for `kubectl apply -f -`. The webhook's own namespace comes from POD_NAMESPACE,
-    as for `serve`.
+    a MutatingAdmissionPolicy, a ValidatingAdmissionPolicy for warnings (with --strict one more
+    for denials), and their bindings, as a YAML stream for `kubectl apply -f -`. The webhook's
+    own namespace comes from POD_NAMESPACE, as for `serve`.
 
     What cannot be compiled is named on stderr, one line each (file: policy: reason), and exits
     1; with --hybrid the rest is written, and the pods that need what was not compiled are left

@@ -4,12 +4,15 @@
 The design (docs/research/mutating-admission-policy.md): one engine MutatingAdmissionPolicy for the
 whole set, because the apiserver runs policies in no fixed order, with one JSONPatch mutation; two
 bindings that mirror the chart's two webhook entries (namespace opt-in, pod-label opt-in); and a
-ValidatingAdmissionPolicy with the `Warn` action for the warnings the webhook returns.
+ValidatingAdmissionPolicy with the `Warn` action for the warnings the webhook returns; and, with
+`--strict`, one with the `Deny` action for the pods the webhook denies.
 
 What is compiled so far: selection (the pod's annotation, the namespace's default policies, the
 global defaults, opt-out) and every decision that skips the pod (`opted-out`, `no-policies`,
-`unknown-policy`), with the webhook's exact stamp and warning. A pod whose annotations the two
-could read differently (see MAX_TEXT, PYTHON_ONLY_SPACE, PLAIN_NAME) is left to the webhook.
+`unknown-policy`), with the webhook's exact stamp and warning, and `--strict`'s denial of a pod
+that names an unknown policy, with its exact message and status code (403). A pod whose
+annotations the two could read differently (see MAX_TEXT, PYTHON_ONLY_SPACE, PLAIN_NAME) is left
+to the webhook.
 Injecting a policy's containers, volumes and the rest is not compiled yet: such a policy is
 reported, with its file and the reason, and `--hybrid` leaves the pods that ask for it to the
 webhook. That split is safe as it is: the compiled policy runs before any webhook, and a pod it
@@ -33,14 +36,12 @@ from webhook.engine import EngineConfig
 from webhook.keys import OPT_IN, OPT_OUT, SYSTEM_NAMESPACES, USE_DEFAULTS
 from webhook.policy import PolicySet, revision
 from webhook.render import skipped_status
-from webhook.selection import SkipReason, unknown_policy_warning
+from webhook.selection import SkipReason, unknown_policy_denial, unknown_policy_warning
 
 API_VERSION = "admissionregistration.k8s.io/v1"
 #: the first Kubernetes minor that serves MutatingAdmissionPolicy in admissionregistration/v1
 MINIMUM_MINOR = 36
 NOT_COMPILED = "injecting a policy is not compiled yet; `--hybrid` leaves its pods to the webhook"
-STRICT_NOT_COMPILED = ("--strict denies pods that name an unknown policy, and denials are not "
-                       "compiled yet; `--hybrid` leaves those pods to the webhook")
 
 Obj = dict[str, Any]
 #: markers where values go in a text the engine writes (plain ASCII: JSON leaves them alone)
@@ -91,12 +92,11 @@ class Target:
 
 
 def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) -> Compiled:
-    """The engine MutatingAdmissionPolicy, the warning ValidatingAdmissionPolicy and their
-    bindings for `policies` under `config`; every policy is listed as not compiled (yet)."""
+    """The engine MutatingAdmissionPolicy, the warning ValidatingAdmissionPolicy (and with
+    `--strict` the denying one) and their bindings for `policies` under `config`; every policy
+    is listed as not compiled (yet)."""
     uncompiled = [Uncompiled(name, policies[name].source, NOT_COMPILED)
                   for name in policies.names()]
-    if config.selection.strict:
-        uncompiled.append(Uncompiled("", "--strict", STRICT_NOT_COMPILED))
     cel = _Cel(policies, config)
     labels = {"app.kubernetes.io/name": "sidecar-injector",
               "app.kubernetes.io/managed-by": "sidecar-injector-compile"}
@@ -138,10 +138,31 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
     for suffix, selectors in _entries(target, config):
         objects.append(_binding("MutatingAdmissionPolicyBinding", target.name, suffix, labels,
                                 selectors))
-    objects.append(warn)
-    for suffix, selectors in _entries(target, config):
-        objects.append(_binding("ValidatingAdmissionPolicyBinding", warn_name, suffix, labels,
-                                {**selectors, "validationActions": ["Warn"]}))
+    validating: list[tuple[Obj, str]] = [(warn, "Warn")]
+    if config.selection.strict:
+        deny = {
+            "apiVersion": API_VERSION, "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": f"{target.name}-deny", "labels": labels},
+            "spec": {
+                "failurePolicy": target.failure_policy,
+                "matchConstraints": constraints,
+                # after every mutation: a pod stamped by then (skipped, or injected by the
+                # webhook in hybrid mode) is not the engine's to deny
+                "matchConditions": [{"name": "not-stamped", "expression": cel.not_stamped}],
+                "variables": cel.variables,
+                "validations": [{"expression": cel.not_denied_unknown,
+                                 "messageExpression": cel.unknown_denial,
+                                 "message": cel.unknown_denial_fallback,
+                                 "reason": "Forbidden"}],
+            },
+        }
+        validating.append((deny, "Deny"))
+    for policy, action in validating:
+        objects.append(policy)
+        for suffix, selectors in _entries(target, config):
+            objects.append(_binding("ValidatingAdmissionPolicyBinding",
+                                    policy["metadata"]["name"], suffix, labels,
+                                    {**selectors, "validationActions": [action]}))
     return Compiled(objects, uncompiled)
 
 
@@ -270,8 +291,17 @@ class _Cel:
             f"!({annotation('object', keys.status)}) || object.metadata.annotations"
             f"[{literal(keys.status)}] != {literal(unknown_stamp)}")
         self.unknown_fallback = unknown_policy_warning("(a pod)", "(see its annotation)", keys)
+        pod = "namespaceObject.metadata.name + '/' + object.metadata.name"
+        listed = "variables.unknown.map(n, \"'\" + n + \"'\").join(', ')"
         start, middle, end = _around(unknown_policy_warning(*HOLE, keys), *HOLE)
         self.unknown_warning = (
-            f"{literal(start)} + namespaceObject.metadata.name + '/' + object.metadata.name + "
-            f"{literal(middle)} + variables.unknown.map(n, \"'\" + n + \"'\").join(', ') + "
-            f"{literal(end)}")
+            f"{literal(start)} + {pod} + {literal(middle)} + {listed} + {literal(end)}")
+        # --strict: the engine denies a pod that is not skipped and names an unknown policy
+        self.not_denied_unknown = ("variables.leftToWebhook || variables.decision != '' || "
+                                   "size(variables.unknown) == 0")
+        known_names = policies.names()
+        start, middle, end = _around(unknown_policy_denial(*HOLE, known_names), *HOLE)
+        self.unknown_denial = (
+            f"{literal(start)} + {pod} + {literal(middle)} + {listed} + {literal(end)}")
+        self.unknown_denial_fallback = unknown_policy_denial("(a pod)", "(see its annotation)",
+                                                             known_names)

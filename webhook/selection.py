@@ -106,10 +106,15 @@ def select(
         pod = describe_pod(metadata, namespace)
         listed = ", ".join(repr(name) for name in unknown)
         if settings.strict:
-            return Deny(f"pod {pod}: unknown injection policy {listed}; "
-                        f"known policies: {', '.join(sorted(known)) or 'none'}")
+            return Deny(unknown_policy_denial(pod, listed, known))
         return Skip(SkipReason.UNKNOWN_POLICY, (unknown_policy_warning(pod, listed, keys),))
     return Inject(names)
+
+
+def unknown_policy_denial(pod: str, listed: str, known: Collection[str]) -> str:
+    """Why `--strict` denies a pod that names unknown policies (`listed`: their reprs)."""
+    return (f"pod {pod}: unknown injection policy {listed}; "
+            f"known policies: {', '.join(sorted(known)) or 'none'}")
 
 
 def unknown_policy_warning(pod: str, listed: str, keys: Keys) -> str:

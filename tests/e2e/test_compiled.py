@@ -1,7 +1,9 @@
 """`policies compile` through the real apiserver, proven by difference: every pod below is
 created (dry run) once with the webhook as the only mutator, once with only the compiled
 admission policies, and once with both (`--hybrid`: the compiled policies decide what they can,
-the webhook the rest); the stored pods and the warnings must be the same.
+the webhook the rest); the stored pods and the warnings must be the same. With `--strict`, the
+pods the webhook denies are denied by the compiled policies with the same status code and
+message.
 
 Kubernetes 1.36+ serves MutatingAdmissionPolicy in admissionregistration.k8s.io/v1; on an older
 apiserver the module checks that it does not, which is what `compile`'s 1.36 floor rests on.
@@ -23,16 +25,26 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.e2e.conftest import STATUS, Register, Webhook, pod_manifest
+from tests.e2e.conftest import POLICIES, STATUS, Register, Webhook, pod_manifest
 from tests.e2e.controlplane import K8S_VERSION, ControlPlane
 from tests.e2e.kube import ApiException, Kube, wait_for
-from tests.e2e.webhookconfig import CONFIG_NAME, INJECT, RELEASE_NAMESPACE
+from tests.e2e.webhookconfig import (
+    CONFIG_NAME,
+    INJECT,
+    RELEASE_NAMESPACE,
+    instead_of_the_suites_webhook,
+    webhook_configuration,
+)
+from tests.serverproc import ServerProcess
 from webhook.cli import cli
 from webhook.compiled import MINIMUM_MINOR
 
 pytestmark = pytest.mark.e2e
 MINOR = int(K8S_VERSION.lstrip("v").split(".")[1])
 NAMESPACE_POLICIES = "sidecar.company.com/policies"
+#: what the apiserver puts before a webhook's and a ValidatingAdmissionPolicy's denial message
+DENIED_BY = re.compile(r"^(admission webhook \"[^\"]+\" denied the request|ValidatingAdmission"
+                       r"Policy '[^']+' with binding '[^']+' denied request): ")
 VAP_WARNING = re.compile(r"^Validation failed for ValidatingAdmissionPolicy '[^']+' with binding "
                          r"'[^']+': ")
 
@@ -77,6 +89,15 @@ LEFT_TO_THE_WEBHOOK = [
     Case("huge-annotation", {INJECT: ",".join(["nope"] * 200)}),
     Case("python-only-space", {INJECT: "false\x1f"}),
     Case("quoted-unknown-name", {INJECT: "it's"}),
+]
+#: Pods `--strict` denies for naming an unknown policy, and pods it still skips.
+STRICT = [
+    Case("strict-unknown", {INJECT: "nope"}),
+    Case("strict-unknown-among-known", {INJECT: "logging, nope ,nope,other"}),
+    Case("strict-unknown-namespace-default", {INJECT: "true"},
+         namespace_annotations={NAMESPACE_POLICIES: "nope, logging"}),
+    Case("strict-opted-out", {INJECT: "false"}),
+    Case("strict-no-policies", {INJECT: " , ,"}),
 ]
 
 
@@ -127,13 +148,27 @@ def create(kube: Kube) -> Create:
     return run
 
 
+Outcome = tuple[Any, ...]  # ("admitted", pod, warnings) or ("denied", code, message)
+
+
+def outcome(create: Create, case: Case) -> Outcome:
+    """What creating the case's pod gave: the stored pod and warnings, or the denial's status
+    code and message (without the apiserver's words naming who denied it)."""
+    try:
+        return ("admitted", *create(case))
+    except ApiException as exc:
+        message = json.loads(exc.body or "{}").get("message", "")
+        return "denied", exc.status, DENIED_BY.sub("", message)
+
+
 @contextmanager
-def compiled(plane: ControlPlane, kube: Kube, stream: str) -> Iterator[None]:
+def compiled(plane: ControlPlane, kube: Kube, stream: str, *, strict: bool = False,
+             ) -> Iterator[None]:
     """The compiled objects applied (and in effect), deleted after."""
     kubectl(plane, "apply", "-f", "-", stdin=stream)
     try:
         probe = kube.ensure_namespace("compiled-probe", labels={INJECT: "enabled"})
-        wait_for(lambda: _stamped_by_policy(kube, probe), 60,
+        wait_for(lambda: (_denied_by_policy if strict else _stamped_by_policy)(kube, probe), 60,
                  "the compiled policies to take effect")
         yield
     finally:
@@ -150,6 +185,19 @@ def _stamped_by_policy(kube: Kube, namespace: str) -> bool:
     # both policies: the apiserver picks each up on its own refresh
     return ("unknown-policy" in (pod["metadata"].get("annotations") or {}).get(STATUS, "")
             and any(VAP_WARNING.match(warning) for warning in warnings))
+
+
+def _denied_by_policy(kube: Kube, namespace: str) -> bool:
+    skipped = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "false"})
+    unknown = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "probe-unknown"})
+    try:
+        pod, _ = kube.create_pod(namespace, skipped, dry_run=True)
+        if "opted-out" not in (pod["metadata"].get("annotations") or {}).get(STATUS, ""):
+            return False
+        kube.create_pod(namespace, unknown, dry_run=True)
+    except ApiException as exc:
+        return "ValidatingAdmissionPolicy" in str(exc.body)
+    return False
 
 
 @contextmanager
@@ -203,6 +251,52 @@ if MINOR >= MINIMUM_MINOR:
             assert both[case.name] == by_webhook[case.name], case.name
         injected = json.loads(both["named"][0]["metadata"]["annotations"][STATUS])
         assert injected["policies"] == ["wait-for-database", "logging"]
+
+    @pytest.fixture(scope="module")
+    def strict_webhook(control_plane: ControlPlane, kube: Kube,
+                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+        """The suite's webhook with `--strict`, registered instead of it while the block runs."""
+        server = ServerProcess(tmp_path_factory.mktemp("strict-webhook"), policies=POLICIES,
+                               log=control_plane.logs / "strict-webhook.log",
+                               args=["--kubeconfig", str(control_plane.kubeconfig),
+                                     "--default-policies", "logging", "--strict"],
+                               env={"POD_NAMESPACE": RELEASE_NAMESPACE})
+        server.start()
+        config = webhook_configuration(url=server.url("/mutate"), ca_bundle=server.ca_bundle,
+                                       failure_policy="Fail", release="strict")
+        try:
+            with instead_of_the_suites_webhook(kube, config):
+                probe = kube.ensure_namespace("strict-probe", labels={INJECT: "enabled"})
+                wait_for(lambda: _denied_by_webhook(kube, probe), 60,
+                         "the strict webhook to take effect")
+                yield
+        finally:
+            server.stop()
+
+    def _denied_by_webhook(kube: Kube, namespace: str) -> bool:
+        body = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "nope"})
+        try:
+            kube.create_pod(namespace, body, dry_run=True)
+        except ApiException as exc:
+            return "admission webhook" in str(exc.body)
+        return False
+
+    def test_strict_denies_through_both_engines_alike(
+        control_plane: ControlPlane, kube: Kube, register: Register, create: Create,
+        strict_webhook: None,
+    ) -> None:
+        by_webhook = {case.name: outcome(create, case) for case in STRICT}
+        with without_the_webhook(kube, register), compiled(
+                control_plane, kube, compile_stream("--hybrid", "--strict"), strict=True):
+            alone = {case.name: outcome(create, case) for case in STRICT}
+        for case in STRICT:
+            assert alone[case.name] == by_webhook[case.name], case.name
+        denied = by_webhook["strict-unknown-among-known"]
+        assert denied[:2] == ("denied", 403)
+        assert re.fullmatch(r"pod compiled-strict-unknown-among-known-\w+/pod-strict-unknown-among-"
+                            r"known: unknown injection policy 'nope', 'other'; known policies: "
+                            r".*logging.*", denied[2]), denied
+        assert by_webhook["strict-opted-out"][0] == "admitted"
 
     def test_check_cluster_finds_the_api_served(control_plane: ControlPlane) -> None:
         result = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--check-cluster",

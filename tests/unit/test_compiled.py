@@ -58,8 +58,9 @@ ENV = cel.NewEnv(
 
 
 def objects(policies: PolicySet, config: EngineConfig) -> dict[str, dict[str, Any]]:
+    """The compiled objects by name."""
     compiled = compile_policies(policies, config, Target(own_namespace="sidecar-injector"))
-    return {obj["kind"]: obj for obj in compiled.objects}
+    return {obj["metadata"]["name"]: obj for obj in compiled.objects}
 
 
 def evaluate(expression: str, data: dict[str, Any]) -> Any:
@@ -123,7 +124,7 @@ def test_the_compiled_selection_decides_as_the_engine(
     expected = select(metadata, namespace=NAMESPACE, settings=selection, known=POLICIES.policies,
                       namespace_policies=parse_policy_list(namespace_policies or ""))
     made = objects(POLICIES, config)
-    engine = made["MutatingAdmissionPolicy"]["spec"]
+    engine = made["sidecar-injector"]["spec"]
     data = {"object": {"metadata": metadata},
             "namespaceObject": {"metadata": {"name": NAMESPACE,
                                              "annotations": namespace_annotations}}}
@@ -138,10 +139,16 @@ def test_the_compiled_selection_decides_as_the_engine(
         assert decision == ""
     elif isinstance(expected, Skip):
         assert decision == expected.reason.value
-    else:  # injecting, or a strict denial: left to the webhook
+    else:  # injecting (left to the webhook), or a strict denial (the deny policy's)
         assert isinstance(expected, Inject | Deny)
         assert decision == ""
-    warn = made["ValidatingAdmissionPolicy"]["spec"]
+    if strict:
+        _check_the_denial(made["sidecar-injector-deny"]["spec"], data, expected,
+                          left=left_to_the_webhook([inject or "", namespace_policies or ""],
+                                                   variables["unknown"]))
+    else:
+        assert "sidecar-injector-deny" not in made
+    warn = made["sidecar-injector-warn"]["spec"]
     stamp = skipped_status(decision) if decision else "injected, or left to the webhook"
     after = {**data, "object": {"metadata": {**metadata, "annotations": {
         **annotations, KEYS.status: stamp}}}}
@@ -151,6 +158,23 @@ def test_the_compiled_selection_decides_as_the_engine(
         assert decision != SkipReason.UNKNOWN_POLICY.value
     else:
         assert [evaluate(validation["messageExpression"], after)] == list(expected.warnings)
+
+
+def _check_the_denial(deny: dict[str, Any], data: dict[str, Any], expected: object, *,
+                      left: bool) -> None:
+    """The deny policy runs after the engine policy stamped every pod it skips: it denies what
+    the engine denies, with its message, unless the pod is left to the webhook."""
+    if isinstance(expected, Skip):
+        return  # stamped by the engine policy: the deny policy's matchCondition leaves it
+    variables = run_variables(deny, data)
+    (validation,) = deny["validations"]
+    assert validation["reason"] == "Forbidden"
+    if left or not isinstance(expected, Deny):
+        assert evaluate(validation["expression"], {**data, "variables": variables})
+        return
+    assert not evaluate(validation["expression"], {**data, "variables": variables})
+    assert evaluate(validation["messageExpression"], {**data, "variables": variables}) == (
+        expected.message)
 
 
 def test_literals_are_cel_strings_lists_and_maps() -> None:
@@ -173,9 +197,11 @@ def test_hybrid_writes_the_objects_and_says_what_is_left_to_the_webhook() -> Non
     result = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--strict",
                                       "--name", "injector"])
     assert result.exit_code == 0, result.output
-    assert "left to the webhook: --strict: " in result.stderr
+    assert "left to the webhook: " in result.stderr
+    assert "--strict" not in result.stderr  # its denial is compiled
     assert "kind: MutatingAdmissionPolicy\nmetadata:\n  name: injector\n" in result.stdout
     assert "name: injector-warn-pod" in result.stdout
+    assert "name: injector-deny-namespace" in result.stdout
 
 
 def test_no_pod_opt_in_binds_opted_in_namespaces_only() -> None:
@@ -206,7 +232,7 @@ def test_compile_warns_when_the_webhooks_own_namespace_is_unknown() -> None:
 
 def test_the_engine_policy_records_what_it_was_compiled_from() -> None:
     config = EngineConfig(selection=Selection(default_policies=("logging",), strict=True))
-    engine = objects(POLICIES, config)["MutatingAdmissionPolicy"]
+    engine = objects(POLICIES, config)["sidecar-injector"]
     recorded = json.loads(engine["metadata"]["annotations"]["sidecar.company.com/compiled-from"])
     assert recorded == {"policies": revision([POLICIES[n] for n in POLICIES.names()]),
                         "defaultPolicies": ["logging"], "strict": True, "onConflict": "deny",
