@@ -151,13 +151,15 @@ def create(kube: Kube) -> Create:
 Outcome = tuple[Any, ...]  # ("admitted", pod, warnings) or ("denied", code, message)
 
 
-def outcome(create: Create, case: Case) -> Outcome:
+def outcome(create: Create, case: Case, denier: str) -> Outcome:
     """What creating the case's pod gave: the stored pod and warnings, or the denial's status
-    code and message (without the apiserver's words naming who denied it)."""
+    code and message, without the apiserver's words naming who denied it (which must begin
+    with `denier`)."""
     try:
         return ("admitted", *create(case))
     except ApiException as exc:
         message = json.loads(exc.body or "{}").get("message", "")
+        assert message.startswith(denier), message
         return "denied", exc.status, DENIED_BY.sub("", message)
 
 
@@ -253,23 +255,18 @@ if MINOR >= MINIMUM_MINOR:
         assert injected["policies"] == ["wait-for-database", "logging"]
 
     @pytest.fixture(scope="module")
-    def strict_webhook(control_plane: ControlPlane, kube: Kube,
-                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-        """The suite's webhook with `--strict`, registered instead of it while the block runs."""
+    def strict_webhook(control_plane: ControlPlane,
+                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+        """The suite's webhook with `--strict`, running; its webhook configuration."""
         server = ServerProcess(tmp_path_factory.mktemp("strict-webhook"), policies=POLICIES,
                                log=control_plane.logs / "strict-webhook.log",
                                args=["--kubeconfig", str(control_plane.kubeconfig),
                                      "--default-policies", "logging", "--strict"],
                                env={"POD_NAMESPACE": RELEASE_NAMESPACE})
         server.start()
-        config = webhook_configuration(url=server.url("/mutate"), ca_bundle=server.ca_bundle,
-                                       failure_policy="Fail", release="strict")
         try:
-            with instead_of_the_suites_webhook(kube, config):
-                probe = kube.ensure_namespace("strict-probe", labels={INJECT: "enabled"})
-                wait_for(lambda: _denied_by_webhook(kube, probe), 60,
-                         "the strict webhook to take effect")
-                yield
+            yield webhook_configuration(url=server.url("/mutate"), ca_bundle=server.ca_bundle,
+                                        failure_policy="Fail", release="strict")
         finally:
             server.stop()
 
@@ -283,12 +280,18 @@ if MINOR >= MINIMUM_MINOR:
 
     def test_strict_denies_through_both_engines_alike(
         control_plane: ControlPlane, kube: Kube, register: Register, create: Create,
-        strict_webhook: None,
+        strict_webhook: dict[str, Any],
     ) -> None:
-        by_webhook = {case.name: outcome(create, case) for case in STRICT}
+        with instead_of_the_suites_webhook(kube, strict_webhook):
+            probe = kube.ensure_namespace("strict-probe", labels={INJECT: "enabled"})
+            wait_for(lambda: _denied_by_webhook(kube, probe), 60,
+                     "the strict webhook to take effect")
+            by_webhook = {case.name: outcome(create, case, "admission webhook")
+                          for case in STRICT}
         with without_the_webhook(kube, register), compiled(
                 control_plane, kube, compile_stream("--hybrid", "--strict"), strict=True):
-            alone = {case.name: outcome(create, case) for case in STRICT}
+            alone = {case.name: outcome(create, case, "ValidatingAdmissionPolicy")
+                     for case in STRICT}
         for case in STRICT:
             assert alone[case.name] == by_webhook[case.name], case.name
         denied = by_webhook["strict-unknown-among-known"]
@@ -296,7 +299,8 @@ if MINOR >= MINIMUM_MINOR:
         assert re.fullmatch(r"pod compiled-strict-unknown-among-known-\w+/pod-strict-unknown-among-"
                             r"known: unknown injection policy 'nope', 'other'; known policies: "
                             r".*logging.*", denied[2]), denied
-        assert by_webhook["strict-opted-out"][0] == "admitted"
+        assert [alone[case.name][0] for case in STRICT] == [
+            "denied", "denied", "denied", "admitted", "admitted"]
 
     def test_check_cluster_finds_the_api_served(control_plane: ControlPlane) -> None:
         result = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--check-cluster",
