@@ -309,14 +309,6 @@ if MINOR >= MINIMUM_MINOR:
         assert result.exit_code == 0, result.output
         assert "kind: MutatingAdmissionPolicy" in result.stdout
 
-    def test_compile_without_hybrid_names_what_it_cannot_compile() -> None:
-        result = CliRunner().invoke(cli, ["policies", "compile"])
-        assert result.exit_code == 1
-        lines = result.stderr.splitlines()
-        assert any(re.match(r"error: .*policies/logging\.yaml:\d+: policy 'logging': ", line)
-                   for line in lines), lines
-        assert result.stdout == ""
-
 else:
 
     def test_this_apiserver_does_not_serve_mutating_admission_policies(kube: Kube) -> None:
