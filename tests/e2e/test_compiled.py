@@ -43,8 +43,10 @@ pytestmark = pytest.mark.e2e
 MINOR = int(K8S_VERSION.lstrip("v").split(".")[1])
 NAMESPACE_POLICIES = "sidecar.company.com/policies"
 #: what the apiserver puts before a webhook's and a ValidatingAdmissionPolicy's denial message
-DENIED_BY = re.compile(r"^(admission webhook \"[^\"]+\" denied the request|ValidatingAdmission"
-                       r"Policy '[^']+' with binding '[^']+' denied request): ")
+#: (a Forbidden one: `pods "NAME" is forbidden: ` first)
+DENIED_BY = re.compile(r"^(pods \"[^\"]+\" is forbidden: )?(?P<by>admission webhook \"[^\"]+\" "
+                       r"denied the request|ValidatingAdmissionPolicy '[^']+' with binding "
+                       r"'[^']+' denied request): ")
 VAP_WARNING = re.compile(r"^Validation failed for ValidatingAdmissionPolicy '[^']+' with binding "
                          r"'[^']+': ")
 
@@ -159,8 +161,10 @@ def outcome(create: Create, case: Case, denier: str) -> Outcome:
         return ("admitted", *create(case))
     except ApiException as exc:
         message = json.loads(exc.body or "{}").get("message", "")
-        assert message.startswith(denier), message
-        return "denied", exc.status, DENIED_BY.sub("", message)
+        by = DENIED_BY.match(message)
+        assert by is not None, message
+        assert by["by"].startswith(denier), message
+        return "denied", exc.status, message[by.end():]
 
 
 @contextmanager
