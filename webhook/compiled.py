@@ -57,15 +57,14 @@ PLAIN_NAME = "^[ -&(-\\[\\]-~]*$"
 
 @dataclass(frozen=True, slots=True)
 class Uncompiled:
-    """A policy (or a setting, with `policy` empty) left to the webhook, and why."""
+    """A policy left to the webhook, and why."""
 
     policy: str
     source: str
     reason: str
 
     def __str__(self) -> str:
-        subject = f"{self.source}: policy {self.policy!r}" if self.policy else self.source
-        return f"{subject}: {self.reason}"
+        return f"{self.source}: policy {self.policy!r}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,43 +120,32 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
             "reinvocationPolicy": "IfNeeded",
         },
     }
-    warn_name = f"{target.name}-warn"
-    warn = {
-        "apiVersion": API_VERSION, "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": warn_name, "labels": labels},
-        "spec": {
-            "failurePolicy": "Ignore",  # a warning never blocks a pod
-            "matchConstraints": constraints,
-            "variables": cel.variables,
-            "validations": [{"expression": cel.not_skipped_unknown,
-                             "messageExpression": cel.unknown_warning,
-                             "message": cel.unknown_fallback}],
-        },
-    }
+
+    def validating(name: str, failure_policy: str, validation: Obj, **spec: Any) -> Obj:
+        return {"apiVersion": API_VERSION, "kind": "ValidatingAdmissionPolicy",
+                "metadata": {"name": name, "labels": labels},
+                "spec": {"failurePolicy": failure_policy, "matchConstraints": constraints,
+                         **spec, "variables": cel.variables, "validations": [validation]}}
+
+    warn = validating(f"{target.name}-warn", "Ignore",  # a warning never blocks a pod
+                      {"expression": cel.not_skipped_unknown,
+                       "messageExpression": cel.unknown_warning,
+                       "message": cel.unknown_fallback})
     objects: list[Obj] = [engine]
     for suffix, selectors in _entries(target, config):
         objects.append(_binding("MutatingAdmissionPolicyBinding", target.name, suffix, labels,
                                 selectors))
-    validating: list[tuple[Obj, str]] = [(warn, "Warn")]
+    checks: list[tuple[Obj, str]] = [(warn, "Warn")]
     if config.selection.strict:
-        deny = {
-            "apiVersion": API_VERSION, "kind": "ValidatingAdmissionPolicy",
-            "metadata": {"name": f"{target.name}-deny", "labels": labels},
-            "spec": {
-                "failurePolicy": target.failure_policy,
-                "matchConstraints": constraints,
-                # after every mutation: a pod stamped by then (skipped, or injected by the
-                # webhook in hybrid mode) is not the engine's to deny
-                "matchConditions": [{"name": "not-stamped", "expression": cel.not_stamped}],
-                "variables": cel.variables,
-                "validations": [{"expression": cel.not_denied_unknown,
-                                 "messageExpression": cel.unknown_denial,
-                                 "message": cel.unknown_denial_fallback,
-                                 "reason": "Forbidden"}],
-            },
-        }
-        validating.append((deny, "Deny"))
-    for policy, action in validating:
+        deny = validating(
+            f"{target.name}-deny", target.failure_policy,
+            {"expression": cel.not_denied_unknown, "messageExpression": cel.unknown_denial,
+             "message": cel.unknown_denial_fallback, "reason": "Forbidden"},
+            # after every mutation: a pod stamped by then (skipped, or injected by the webhook
+            # in hybrid mode) is not the engine's to deny
+            matchConditions=[{"name": "not-stamped", "expression": cel.not_stamped}])
+        checks.append((deny, "Deny"))
+    for policy, action in checks:
         objects.append(policy)
         for suffix, selectors in _entries(target, config):
             objects.append(_binding("ValidatingAdmissionPolicyBinding",
