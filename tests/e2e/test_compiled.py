@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.e2e.conftest import POLICIES, STATUS, Register, Webhook, pod_manifest
+from tests.e2e.conftest import STATUS, Register, Webhook, pod_manifest
 from tests.e2e.controlplane import K8S_VERSION, ControlPlane
 from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.webhookconfig import (
@@ -35,7 +35,6 @@ from tests.e2e.webhookconfig import (
     instead_of_the_suites_webhook,
     webhook_configuration,
 )
-from tests.serverproc import ServerProcess
 from webhook.cli import cli
 from webhook.compiled import MINIMUM_MINOR
 
@@ -262,14 +261,11 @@ if MINOR >= MINIMUM_MINOR:
     def strict_webhook(control_plane: ControlPlane,
                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         """The suite's webhook with `--strict`, running; its webhook configuration."""
-        server = ServerProcess(tmp_path_factory.mktemp("strict-webhook"), policies=POLICIES,
-                               log=control_plane.logs / "strict-webhook.log",
-                               args=["--kubeconfig", str(control_plane.kubeconfig),
-                                     "--default-policies", "logging", "--strict"],
-                               env={"POD_NAMESPACE": RELEASE_NAMESPACE})
+        server = Webhook(tmp_path_factory.mktemp("strict-webhook"), control_plane.kubeconfig,
+                         control_plane.logs, "--strict", log_name="strict-webhook.log")
         server.start()
         try:
-            yield webhook_configuration(url=server.url("/mutate"), ca_bundle=server.ca_bundle,
+            yield webhook_configuration(url=server.mutate_url, ca_bundle=server.ca_bundle,
                                         failure_policy="Fail", release="strict")
         finally:
             server.stop()
