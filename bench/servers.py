@@ -21,7 +21,6 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from webhook.reload import tls_context
-from webhook.serving import Protocol
 
 
 async def raw(scope: Scope, receive: Receive, send: Send) -> None:
@@ -91,9 +90,14 @@ def main() -> None:
         app = same_bytes(Path(sys.argv[5]).read_bytes())
     else:
         app = {"raw": raw, "raw-orjson": raw_orjson}.get(kind) or fastapi_app()
+    http: Any = "auto"
+    if kind == "same-bytes-one-write":  # only this floor loads the server's module
+        from webhook.serving import Protocol  # noqa: PLC0415
+
+        http = Protocol
     uvicorn.run(app, host="127.0.0.1", port=port, ssl_context_factory=lambda *_: context,
                 access_log=False, log_level="warning", server_header=False, lifespan="off",
-                http=Protocol if kind == "same-bytes-one-write" else "auto")
+                http=http)
 
 
 if __name__ == "__main__":
