@@ -45,7 +45,7 @@ class Metrics:
 
     def looked_up(self, hit: bool) -> None:
         """Count one lookup in the cache of answers."""
-        self.reviews.lookups[0 if hit else 1] += 1
+        self.reviews.looked_up(hit)
 
     def drop_events(self, reason: str, count: int) -> None:
         """Count `count` Events not recorded, for `reason`."""
@@ -78,6 +78,9 @@ class ReviewCounts(Collector):
                 counted[0] += 1
         self.buckets[bisect_left(BUCKETS, seconds)] += 1  # the first bound >= seconds
         self.seconds += seconds
+
+    def looked_up(self, hit: bool) -> None:
+        self.lookups[0 if hit else 1] += 1
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
