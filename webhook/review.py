@@ -28,7 +28,7 @@ class ReviewError(ValueError):
 
 class Review(NamedTuple):
     """The fields of an AdmissionReview request the webhook reads. A named tuple: immutable, and
-    built in a fifth of a frozen dataclass's time (one per review)."""
+    built in about a quarter of a frozen dataclass's time (0.8 against 2.9 µs; one per review)."""
 
     uid: str
     operation: str
