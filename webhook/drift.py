@@ -27,7 +27,7 @@ import yaml
 from webhook.engine import EngineConfig, mutate, unmutate
 from webhook.keys import OPT_IN, OPT_OUT, Keys
 from webhook.podsecurity import ENFORCE_LABEL, Level, parse_level
-from webhook.policy import PolicySet
+from webhook.policy import PolicySet, legacy_revision
 from webhook.selection import Selection, SkipReason, parse_policy_list
 
 #: what `kubectl rollout restart` sets on the pod template
@@ -298,7 +298,8 @@ def _compare(recorded: Stamp, expected: Expected,
         if now.policies != recorded.policies:
             return Reason.POLICIES_CHANGED, (f"{recorded.describe()}; the webhook would now "
                                              f"{expected.describe()}")
-        if now.revision != recorded.revision:
+        applied = [policies[name] for name in recorded.policies]
+        if recorded.revision not in (now.revision, legacy_revision(applied)):
             return Reason.STALE_REVISION, (
                 f"{recorded.describe()} at revision {recorded.revision or '(none recorded)'}; "
                 f"the policies give revision {now.revision} now")

@@ -366,6 +366,8 @@ class CompiledPolicy:
     pod_annotations: dict[str, Template]
     pod_labels: dict[str, Template]
     digest: str
+    #: this policy's digits in `revision`: its name and content, hashed
+    revision_digits: tuple[int, int]
 
     @property
     def init_containers(self) -> tuple[Template, ...]:
@@ -440,7 +442,8 @@ def compile_policy(policy: InjectionPolicy, source: str) -> CompiledPolicy:
         env=tuple(Template.of(copy.deepcopy(e), env_expansion) for e in spec.env),
         pod_annotations={k: Template.of(v) for k, v in spec.pod_annotations.items()},
         pod_labels={k: Template.of(v) for k, v in spec.pod_labels.items()},
-        digest=hashlib.sha256(canonical.encode()).hexdigest(),
+        digest=(digest := hashlib.sha256(canonical.encode()).hexdigest()),
+        revision_digits=_revision_digits(policy.metadata.name, digest),
     )
 
 
@@ -483,12 +486,37 @@ class PolicySet:
         return sorted(self.policies)
 
 
+#: `revision` is two positional hashes, sum(d_i * B**i) mod M over the applied policies in
+#: order (d_i: the policy's digits), printed as 8 hex digits each: arithmetic CEL can do too, so
+#: that a compiled admission policy writes the very same stamp (webhook.compiled). Every product
+#: of a digit and a power stays below 2**63 (CEL's integers are 64-bit, overflow an error).
+REVISION_MODULI = (1_000_000_007, 998_244_353)
+REVISION_BASES = (1_000_003, 999_983)
+
+
 def revision(policies: Iterable[CompiledPolicy]) -> str:
     """A short hash of the applied policies' content; a stale one in `P/status` shows drift."""
+    sums = [0, 0]
+    for index, policy in enumerate(policies):
+        for k, (digit, base, modulus) in enumerate(
+                zip(policy.revision_digits, REVISION_BASES, REVISION_MODULI, strict=True)):
+            sums[k] = (sums[k] + digit * pow(base, index, modulus)) % modulus
+    return f"{sums[0]:08x}{sums[1]:08x}"
+
+
+def legacy_revision(policies: Iterable[CompiledPolicy]) -> str:
+    """The revision 0.1.0 stamped (a SHA-256 prefix, which CEL cannot compute): a pod
+    stamped with it is not stale for that alone."""
     digest = hashlib.sha256()
     for policy in policies:
         digest.update(f"{policy.name}:{policy.digest};".encode())
     return digest.hexdigest()[:16]
+
+
+def _revision_digits(name: str, digest: str) -> tuple[int, int]:
+    hashed = hashlib.sha256(f"{name}:{digest}".encode()).digest()
+    return (int.from_bytes(hashed[:8]) % REVISION_MODULI[0],
+            int.from_bytes(hashed[8:16]) % REVISION_MODULI[1])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from webhook.engine import EngineConfig, Outcome, mutate
 from webhook.errors import ClusterError, PolicyError
 from webhook.keys import Keys
 from webhook.kube import Cluster
-from webhook.policy import PolicySet, load_policy_dir
+from webhook.policy import PolicySet, legacy_revision, load_policy_dir, revision
 from webhook.selection import Inject, Selection
 from webhook.settings import Settings
 from webhook.survey import (
@@ -164,6 +164,23 @@ def test_a_changed_policy_shows_as_a_stale_revision(write_policies: WritePolicie
     assert found.expected.stamp.revision != recorded
     assert found.message == (f"injected with agent at revision {recorded}; the policies give "
                              f"revision {found.expected.stamp.revision} now")
+
+
+def test_a_pod_stamped_with_the_old_revision_form_has_not_drifted_for_that_alone(
+    write_policies: WritePolicies,
+) -> None:
+    """0.1.0 stamped a SHA-256 prefix, which a compiled admission policy cannot compute: such a
+    pod is not stale while its policies are unchanged, and is once they change."""
+    policies = policy_set(write_policies, agent=AGENT)
+    pod = stored(new_pod(), policies)
+    status = json.loads(pod["metadata"]["annotations"][STATUS])
+    status["revision"] = legacy_revision([policies["agent"]])
+    assert status["revision"] != revision([policies["agent"]])
+    pod["metadata"]["annotations"][STATUS] = json.dumps(status)
+    assert check(pod, policies) is None
+    found = check(pod, policy_set(write_policies, agent=AGENT_2))
+    assert found is not None
+    assert found.reason is Reason.STALE_REVISION
 
 
 def test_a_policy_that_no_longer_exists_is_named(write_policies: WritePolicies) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import SHIPPED_POLICIES, WritePolicies
 from webhook.errors import PolicyError
-from webhook.policy import PolicySet, SidecarMode, load_policy_dir, policy_schema
+from webhook.policy import PolicySet, SidecarMode, load_policy_dir, policy_schema, revision
 
 GOOD = """\
 apiVersion: sidecar.company.com/v1alpha1
@@ -162,3 +163,19 @@ def test_a_configmap_key_being_removed_is_not_an_error(tmp_path: Path) -> None:
     (root / "logging.yaml").symlink_to("..data/logging.yaml")
     (root / "removed.yaml").symlink_to("..data/removed.yaml")
     assert load_policy_dir(root).names() == ["logging"]
+
+
+def test_the_revision_follows_the_order_and_content_of_the_applied_policies(
+    write_policies: WritePolicies,
+) -> None:
+    """Two positional hashes, printed as 16 hex digits: what CEL can compute too."""
+    named = {name: GOOD.replace("name: logging", f"name: {name}") for name in ("a", "b")}
+    one = load_policy_dir(write_policies(**named))
+    changed = named["a"].replace("fluent-bit:3.2.4", "fluent-bit:3.2.5")
+    other = load_policy_dir(write_policies(a=changed, b=named["b"]))
+    a, b = one["a"], one["b"]
+    assert re.fullmatch("[0-9a-f]{16}", revision([a, b]))
+    assert revision([a, b]) != revision([b, a])
+    assert revision([a]) != revision([other["a"]])
+    assert revision([b]) == revision([other["b"]])
+    assert revision([]) == "0" * 16
