@@ -7,15 +7,15 @@ bindings that mirror the chart's two webhook entries (namespace opt-in, pod-labe
 ValidatingAdmissionPolicy with the `Warn` action for the warnings the webhook returns; and, with
 `--strict`, one with the `Deny` action for the pods the webhook denies.
 
-What is compiled so far: selection (the pod's annotation, the namespace's default policies, the
-global defaults, opt-out) and every decision that skips the pod (`opted-out`, `no-policies`,
-`unknown-policy`), with the webhook's exact stamp and warning, and `--strict`'s denial of a pod
-that names an unknown policy, with its exact message and status code (403). A pod whose
-annotations the two could read differently (see MAX_TEXT, PYTHON_ONLY_SPACE, PLAIN_NAME) is left
-to the webhook.
-Injecting a policy's containers, volumes and the rest is not compiled yet: such a policy is
-reported, with its file and the reason, and `--hybrid` leaves the pods that ask for it to the
-webhook. That split is safe as it is: the compiled policy runs before any webhook, and a pod it
+What is compiled: selection (the pod's annotation, the namespace's default policies, the global
+defaults, opt-out) and every decision that skips the pod (`opted-out`, `no-policies`,
+`unknown-policy`), with the webhook's exact stamp and warning; `--strict`'s denial of a pod that
+names an unknown policy, with its exact message and status code (403); and injection
+(webhook.compiled_injection). A pod whose annotations the two could read differently (see
+MAX_TEXT, PYTHON_ONLY_SPACE, PLAIN_NAME) is left to the webhook, as are the pods
+webhook.compiled_injection does not inject itself, and those that ask for a policy it cannot
+compile: such a policy is reported, with its file and the reason, and `--hybrid` leaves its pods
+to the webhook. That split is safe: the compiled policy runs before any webhook, and a pod it
 stamps is a no-op for the webhook (its stamp makes a repeat call a no-op), so one pod never gets
 both engines.
 
@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from jsonpointer import escape
 
+from webhook.compiled_injection import INJECT, injection, literal, record
 from webhook.engine import EngineConfig
 from webhook.keys import OPT_IN, OPT_OUT, SYSTEM_NAMESPACES, USE_DEFAULTS
 from webhook.policy import PolicySet, revision
@@ -41,7 +43,6 @@ from webhook.selection import SkipReason, unknown_policy_denial, unknown_policy_
 API_VERSION = "admissionregistration.k8s.io/v1"
 #: the first Kubernetes minor that serves MutatingAdmissionPolicy in admissionregistration/v1
 MINIMUM_MINOR = 36
-NOT_COMPILED = "injecting a policy is not compiled yet; `--hybrid` leaves its pods to the webhook"
 
 Obj = dict[str, Any]
 #: markers where values go in a text the engine writes (plain ASCII: JSON leaves them alone)
@@ -94,9 +95,9 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
     """The engine MutatingAdmissionPolicy, the warning ValidatingAdmissionPolicy (and with
     `--strict` the denying one) and their bindings for `policies` under `config`; every policy
     is listed as not compiled (yet)."""
-    uncompiled = [Uncompiled(name, policies[name].source, NOT_COMPILED)
-                  for name in policies.names()]
     cel = _Cel(policies, config)
+    uncompiled = [Uncompiled(name, policies[name].source, why)
+                  for name, why in cel.uncompiled.items()]
     labels = {"app.kubernetes.io/name": "sidecar-injector",
               "app.kubernetes.io/managed-by": "sidecar-injector-compile"}
     constraints = {
@@ -114,7 +115,7 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
             "failurePolicy": target.failure_policy,
             "matchConstraints": constraints,
             "matchConditions": [{"name": "not-stamped", "expression": cel.not_stamped}],
-            "variables": cel.variables,
+            "variables": cel.engine_variables,
             "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": cel.patch}}],
             # a repeat is a no-op (the stamp's matchCondition), as a repeat webhook call is
             "reinvocationPolicy": "IfNeeded",
@@ -191,19 +192,6 @@ def _binding(kind: str, policy: str, suffix: str, labels: dict[str, str], spec: 
             "spec": {"policyName": policy, **spec}}
 
 
-def literal(value: object) -> str:
-    """A CEL literal for a string, a list of strings or a map of string to bool (JSON's string
-    syntax is CEL's, with the escapes both have)."""
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(literal(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{literal(k)}: {'true' if v else 'false'}"
-                               for k, v in value.items()) + "}"
-    raise TypeError(f"no CEL literal for {value!r}")
-
-
 def _around(text: str, *markers: str) -> list[str]:
     """`text` cut at each marker, in order: the constant pieces between the values."""
     pieces = []
@@ -261,21 +249,33 @@ class _Cel:
                 *(f"size({text}) > {MAX_TEXT} || {text}.matches({literal(PYTHON_ONLY_SPACE)})"
                   for text in ("variables.inject", "variables.namespaceText")),
                 f"variables.unknown.exists(n, !n.matches({literal(PLAIN_NAME)}))"])},
-            {"name": "decision", "expression": f"variables.leftToWebhook ? '' : {decision}"},
+            # the skip the selection decides ('': none, or left to the webhook)
+            {"name": "skip", "expression": f"variables.leftToWebhook ? '' : {decision}"},
         ]
-        self.not_stamped = f"!({annotation('object', keys.status)})"
+        injecting = injection(policies, kube_version=config.kube_version,
+                              status_key=keys.status)
+        self.uncompiled = injecting.uncompiled
         head, tail = _around(skipped_status(HOLE[0]), HOLE[0])
         stamp = f"{literal(head)} + variables.decision + {literal(tail)}"
-        self.patch = (
-            "variables.decision == '' ? [] : [has(object.metadata.annotations) ? "
-            "JSONPatch{op: 'add', path: '/metadata/annotations/' + "
-            f"jsonpatch.escapeKey({literal(keys.status)}), value: {stamp}}} : "
-            "JSONPatch{op: 'add', path: '/metadata/annotations', "
-            f"value: {{{literal(keys.status)}: {stamp}}}}}]"
-        )
+        status = literal(f"/metadata/annotations/{escape(keys.status)}")
+        self.engine_variables = [
+            *self.variables, *injecting.variables,
+            {"name": "decision", "expression": (
+                f"variables.skip != '' || variables.leftToWebhook ? variables.skip : "
+                f"variables.injectable ? {literal(INJECT)} : ''")},
+            # the patch as data: what to inject, the stamp of a skip, or nothing
+            {"name": "ops", "expression": (
+                f"variables.decision == {literal(INJECT)} ? variables.injection : "
+                "variables.decision == '' ? [] : [has(object.metadata.annotations) ? "
+                + record(op="'add'", path=status, value=stamp) + " : "
+                + record(op="'add'", path="'/metadata/annotations'",
+                         value=f"{{{literal(keys.status)}: {stamp}}}") + "]")},
+        ]
+        self.not_stamped = f"!({annotation('object', keys.status)})"
+        self.patch = "variables.ops.map(o, JSONPatch{op: o.op, path: o.path, value: o.value})"
         unknown_stamp = skipped_status(SkipReason.UNKNOWN_POLICY.value)
         self.not_skipped_unknown = (
-            f"variables.decision != {literal(SkipReason.UNKNOWN_POLICY.value)} || "
+            f"variables.skip != {literal(SkipReason.UNKNOWN_POLICY.value)} || "
             f"!({annotation('object', keys.status)}) || object.metadata.annotations"
             f"[{literal(keys.status)}] != {literal(unknown_stamp)}")
         self.unknown_fallback = unknown_policy_warning("(a pod)", "(see its annotation)", keys)
@@ -285,7 +285,7 @@ class _Cel:
         self.unknown_warning = (
             f"{literal(start)} + {pod} + {literal(middle)} + {listed} + {literal(end)}")
         # --strict: the engine denies a pod that is not skipped and names an unknown policy
-        self.not_denied_unknown = ("variables.leftToWebhook || variables.decision != '' || "
+        self.not_denied_unknown = ("variables.leftToWebhook || variables.skip != '' || "
                                    "size(variables.unknown) == 0")
         known_names = policies.names()
         start, middle, end = _around(unknown_policy_denial(*HOLE, known_names), *HOLE)

@@ -1,7 +1,6 @@
-"""`policies compile` offline: the compiled CEL, run by a real CEL implementation (cel-cpp, through
-cel-expr-python), decides every generated pod as the engine's selection does, and writes the
-same warning. (The apiserver, in tests/e2e/test_compiled.py, is the final oracle: this one has
-none of Kubernetes' CEL libraries but `distinct`, supplied below.)"""
+"""`policies compile` offline: the compiled CEL, run by a real CEL implementation (tests.celeval),
+decides every generated pod as the engine's selection does, and writes the same warning. (The
+apiserver, in tests/e2e/test_compiled.py, is the final oracle.)"""
 
 from __future__ import annotations
 
@@ -11,15 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cel_expr_python import cel
-from cel_expr_python.ext import ext_strings
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SHIPPED_POLICIES
+from tests.celeval import evaluate, run_variables
+from tests.conftest import SHIPPED_POLICIES, WritePolicies
 from webhook.cli import cli
-from webhook.compiled import MAX_TEXT, PLAIN_NAME, Target, compile_policies, literal
+from webhook.compiled import MAX_TEXT, PLAIN_NAME, Target, compile_policies
+from webhook.compiled_injection import INJECT as INJECTED
+from webhook.compiled_injection import literal
 from webhook.engine import EngineConfig
 from webhook.keys import Keys
 from webhook.policy import PolicySet, load_policy_dir, revision
@@ -40,40 +40,10 @@ NAMESPACE = "shop"
 POD = "web"
 
 
-def _distinct(values: list[Any]) -> list[Any]:
-    kept: list[Any] = []
-    for value in values:
-        if value not in kept:
-            kept.append(value)
-    return kept
-
-
-ENV = cel.NewEnv(
-    variables={name: cel.Type.DYN for name in ("object", "namespaceObject", "variables")},
-    extensions=[ext_strings.ExtStrings()],
-    functions=[cel.FunctionDecl("distinct", [cel.Overload(
-        "list_distinct", return_type=cel.Type.List(cel.Type.DYN),
-        parameters=[cel.Type.List(cel.Type.DYN)], is_member=True, impl=_distinct)])],
-)
-
-
 def objects(policies: PolicySet, config: EngineConfig) -> dict[str, dict[str, Any]]:
     """The compiled objects by name."""
     compiled = compile_policies(policies, config, Target(own_namespace="sidecar-injector"))
     return {obj["metadata"]["name"]: obj for obj in compiled.objects}
-
-
-def evaluate(expression: str, data: dict[str, Any]) -> Any:
-    return ENV.compile(expression).eval(data=data).plain_value()
-
-
-def run_variables(spec: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    """Each variable of a policy's spec, in order, each seeing the ones before it."""
-    variables: dict[str, Any] = {}
-    for variable in spec["variables"]:
-        variables[variable["name"]] = evaluate(variable["expression"],
-                                               {**data, "variables": variables})
-    return variables
 
 
 ODD_NAMES = ["it's", "a\\b", 'say"x"', "\u200bx", "caf\u00e9", "tab\tin", "new\nline"]
@@ -125,7 +95,8 @@ def test_the_compiled_selection_decides_as_the_engine(
                       namespace_policies=parse_policy_list(namespace_policies or ""))
     made = objects(POLICIES, config)
     engine = made["sidecar-injector"]["spec"]
-    data = {"object": {"metadata": metadata},
+    pod = {"metadata": metadata, "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+    data = {"object": pod,
             "namespaceObject": {"metadata": {"name": NAMESPACE,
                                              "annotations": namespace_annotations}}}
     (condition,) = engine["matchConditions"]
@@ -139,9 +110,9 @@ def test_the_compiled_selection_decides_as_the_engine(
         assert decision == ""
     elif isinstance(expected, Skip):
         assert decision == expected.reason.value
-    else:  # injecting (left to the webhook), or a strict denial (the deny policy's)
+    else:  # injecting (every shipped policy compiles), or a strict denial (the deny policy's)
         assert isinstance(expected, Inject | Deny)
-        assert decision == ""
+        assert decision == (INJECTED if isinstance(expected, Inject) else "")
     if strict:
         _check_the_denial(made["sidecar-injector-deny"]["spec"], data, expected,
                           left=left_to_the_webhook([inject or "", namespace_policies or ""],
@@ -149,8 +120,9 @@ def test_the_compiled_selection_decides_as_the_engine(
     else:
         assert "sidecar-injector-deny" not in made
     warn = made["sidecar-injector-warn"]["spec"]
-    stamp = skipped_status(decision) if decision else "injected, or left to the webhook"
-    after = {**data, "object": {"metadata": {**metadata, "annotations": {
+    stamp = (skipped_status(decision) if decision not in ("", INJECTED)
+             else "injected, or left to the webhook")
+    after = {**data, "object": {**pod, "metadata": {**metadata, "annotations": {
         **annotations, KEYS.status: stamp}}}}
     after["variables"] = run_variables(warn, after)
     (validation,) = warn["validations"]
@@ -182,20 +154,53 @@ def test_literals_are_cel_strings_lists_and_maps() -> None:
         assert evaluate(literal(value), {}) == value
 
 
-def test_compile_names_each_policy_it_cannot_compile_and_exits_1() -> None:
-    result = CliRunner().invoke(cli, ["policies", "compile", "--policies", str(SHIPPED_POLICIES)])
+RESTRICTED = """\
+apiVersion: sidecar.company.com/v1alpha1
+kind: InjectionPolicy
+metadata:
+  name: vault-agent
+spec:
+  namespaceSelector: {matchLabels: {team: payments}}
+  initContainers:
+    - {name: vault-agent, image: "hashicorp/vault:1.18"}
+"""
+
+
+def test_compile_names_each_policy_it_cannot_compile_and_exits_1(
+    write_policies: WritePolicies,
+) -> None:
+    directory = write_policies(restricted=RESTRICTED)
+    for name in ("logging", "wait-for-database"):
+        (directory / f"{name}.yaml").write_text((SHIPPED_POLICIES / f"{name}.yaml").read_text())
+    result = CliRunner().invoke(cli, ["policies", "compile", "--policies", str(directory)])
     assert result.exit_code == 1
     assert result.stdout == ""
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == len(POLICIES)
-    logging = POLICIES["logging"].source
-    assert f"error: {logging}: policy 'logging': injecting a policy is not compiled yet" in (
-        result.stderr)
+    assert result.stderr.splitlines() == [
+        "warning: POD_NAMESPACE is not set, so only the system namespaces are excluded: set it "
+        "to the webhook's namespace (the chart's release namespace)",
+        f"error: {directory / 'restricted.yaml'}:4: policy 'vault-agent': spec.namespaceSelector "
+        "is not compiled yet; `--hybrid` leaves its pods to the webhook"]
+    hybrid = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--policies",
+                                      str(directory)])
+    assert hybrid.exit_code == 0, hybrid.output
+    assert (f"left to the webhook: {directory / 'restricted.yaml'}:4: policy 'vault-agent'"
+            in hybrid.stderr)
 
 
-def test_hybrid_writes_the_objects_and_says_what_is_left_to_the_webhook() -> None:
+def test_every_shipped_policy_compiles() -> None:
+    result = CliRunner().invoke(cli, ["policies", "compile", "--policies", str(SHIPPED_POLICIES)],
+                                env={"POD_NAMESPACE": "sidecar-injector"})
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert "kind: MutatingAdmissionPolicy\n" in result.stdout
+
+
+def test_hybrid_writes_the_objects_and_says_what_is_left_to_the_webhook(
+    write_policies: WritePolicies,
+) -> None:
     result = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--strict",
-                                      "--name", "injector"])
+                                      "--name", "injector", "--policies",
+                                      str(write_policies(restricted=RESTRICTED))])
     assert result.exit_code == 0, result.output
     assert "left to the webhook: " in result.stderr
     assert "--strict" not in result.stderr  # its denial is compiled

@@ -1,0 +1,73 @@
+"""A real CEL implementation (cel-cpp, through cel-expr-python) for the compiled admission
+policies offline. It has none of Kubernetes' CEL libraries; the list functions the policies use
+(`distinct`, `flatten`, `slice`, `sum`, `lists.range`) are supplied here with the meaning the
+Kubernetes and cel-go docs give them. The apiserver (tests/e2e/test_compiled.py) stays the final
+oracle."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from cel_expr_python import cel
+from cel_expr_python.ext import ext_strings
+
+DYN = cel.Type.DYN
+LIST = cel.Type.List(DYN)
+INTS = cel.Type.List(cel.Type.INT)
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    kept: list[Any] = []
+    for value in values:
+        if value not in kept:
+            kept.append(value)
+    return kept
+
+
+def _function(name: str, impl: Any, parameters: list[Any], result: Any, *,
+              member: bool = True) -> cel.FunctionDecl:
+    return cel.FunctionDecl(name, [cel.Overload(
+        name.replace(".", "_"), return_type=result, parameters=parameters, is_member=member,
+        impl=impl)])
+
+
+ENV = cel.NewEnv(
+    variables={name: DYN for name in ("object", "namespaceObject", "variables")},
+    extensions=[ext_strings.ExtStrings()],
+    functions=[
+        _function("distinct", _distinct, [LIST], LIST),
+        _function("flatten", lambda lists: [item for inner in lists for item in inner], [LIST],
+                  LIST),
+        _function("slice", lambda items, start, end: items[start:end],
+                  [LIST, cel.Type.INT, cel.Type.INT], LIST),
+        _function("sum", sum, [INTS], cel.Type.INT),
+        _function("lists.range", lambda n: list(range(n)), [cel.Type.INT], INTS, member=False),
+    ],
+)
+
+
+class CelError(Exception):
+    """An expression that evaluated to an error (cel-expr-python returns it as a value)."""
+
+
+def evaluate(expression: str, data: dict[str, Any]) -> Any:
+    """The plain value of `expression`; CelError if it evaluates to an error, RuntimeError if
+    it does not compile."""
+    result = ENV.compile(expression).eval(data=data)
+    if result.type() == cel.Type.ERROR:
+        raise CelError(result.value())
+    return result.plain_value()
+
+
+def run_variables(spec: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """Each variable of a policy's spec, in order, each seeing the ones before it. The apiserver
+    evaluates a variable only when an expression reads it; here each is evaluated in order, and
+    one that fails (it reads a policy the pod does not ask for, say) is left out: an expression
+    that then reads it fails the test."""
+    variables: dict[str, Any] = {}
+    for variable in spec["variables"]:
+        with contextlib.suppress(CelError):
+            variables[variable["name"]] = evaluate(variable["expression"],
+                                                   {**data, "variables": variables})
+    return variables

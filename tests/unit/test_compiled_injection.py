@@ -1,0 +1,332 @@
+"""`policies compile` injects as the webhook does, offline: for generated pods and namespaces, the
+engine's patch and the compiled policy's patch (its `ops`, evaluated by a real CEL implementation,
+tests.celeval) give the same pod, stamp included. The compiled policy injects every pod it does
+not leave to the webhook on purpose (webhook.compiled_injection); the apiserver, in
+tests/e2e/test_compiled.py, is the final oracle."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.celeval import evaluate, run_variables
+from tests.conftest import SHIPPED_POLICIES
+from webhook.compiled import Target, compile_policies
+from webhook.compiled_injection import INJECT, value
+from webhook.engine import EngineConfig, Outcome, mutate
+from webhook.keys import Keys
+from webhook.podsecurity import ENFORCE_LABEL, parse_level
+from webhook.policy import SERVICE_ACCOUNT_MOUNT_PATH, PolicySet, load_policy_dir
+from webhook.render import OnConflict
+from webhook.selection import Inject, Selection, parse_policy_list
+
+KEYS = Keys()
+NAMESPACE = "shop"
+OWN = "sidecar-injector"
+TOKEN = "kube-api-access-x1y2z"
+
+#: What the shipped policies do not show: classic sidecars, init containers last, pull
+#: secrets, pod labels, mounts for some containers only, placeholders in expanded strings (the
+#: `$` of the value doubled) and in volumes, env and mounts two policies both add.
+EXTRA = {
+    "classic-last": """\
+apiVersion: sidecar.company.com/v1alpha1
+kind: InjectionPolicy
+metadata:
+  name: classic-last
+spec:
+  sidecarMode: classic
+  initContainerPosition: last
+  initContainers:
+    - name: setup
+      image: busybox:1.37
+      command: ["sh", "-c", "echo ${pod.name} $(HOME) ${pod.labels['app']}"]
+      volumeMounts:
+        - {name: scratch, mountPath: /scratch}
+  containers:
+    - name: helper
+      image: busybox:1.37
+      args: ["${pod.annotations[\\"note\\"]}", "plain"]
+      env:
+        - {name: WHO, value: "${pod.namespace}/${pod.serviceAccountName}/${pod.generateName}"}
+  volumes:
+    - {name: scratch, emptyDir: {}}
+    - name: settings
+      configMap: {name: "${pod.labels['app']}-settings"}
+  volumeMounts:
+    - {name: scratch, mountPath: /scratch/, containers: [app, web]}
+    - {name: settings, mountPath: /etc/settings, subPathExpr: "$(POD)-${pod.name}"}
+  env:
+    - {name: NOTE, value: "note: ${pod.annotations['note']}"}
+    - {name: LOG_DIR, value: /scratch}
+  podLabels:
+    tier: "${pod.labels['app']}"
+    sidecar.company.com/helper: "yes"
+  imagePullSecrets:
+    - {name: regcred}
+    - {name: mirror}
+""",
+    "native-first": """\
+apiVersion: sidecar.company.com/v1alpha1
+kind: InjectionPolicy
+metadata:
+  name: native-first
+spec:
+  sidecarMode: native
+  containers:
+    - name: proxy
+      image: envoyproxy/envoy:v1.32.3
+      ports: [{containerPort: 15001, protocol: TCP}]
+      volumeMounts: []
+  volumeMounts:
+    - {name: proxy-certs, mountPath: /var/log/app/, readOnly: true}
+  volumes:
+    - {name: proxy-certs, emptyDir: {medium: Memory}}
+  podAnnotations:
+    proxy.example.com/for: "${pod.namespace}/${pod.name}"
+    prometheus.io/scrape: "false"
+  imagePullSecrets:
+    - {name: regcred}
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def policies(tmp_path_factory: pytest.TempPathFactory) -> PolicySet:
+    directory = tmp_path_factory.mktemp("policies")
+    for path in SHIPPED_POLICIES.glob("*.yaml"):
+        shutil.copy(path, directory)
+    for name, text in EXTRA.items():
+        (directory / f"{name}.yaml").write_text(text)
+    return load_policy_dir(directory)
+
+
+def engine_spec(policies: PolicySet, config: EngineConfig) -> dict[str, Any]:
+    compiled = compile_policies(policies, config, Target(own_namespace=OWN))
+    assert compiled.uncompiled == []
+    spec: dict[str, Any] = compiled.objects[0]["spec"]
+    return spec
+
+
+def compiled_ops(spec: dict[str, Any], pod: dict[str, Any],
+                 namespace: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The compiled policy's decision for `pod` and its patch (none when its matchCondition
+    leaves the pod alone)."""
+    data = {"object": pod, "namespaceObject": namespace}
+    (condition,) = spec["matchConditions"]
+    if not evaluate(condition["expression"], data):
+        return "", []
+    variables = run_variables(spec, data)
+    return variables["decision"], variables["ops"]
+
+
+def engine_outcome(policies: PolicySet, config: EngineConfig, pod: dict[str, Any],
+                   namespace: dict[str, Any]) -> Outcome:
+    metadata = namespace["metadata"]
+    labels = metadata.get("labels", {})
+    return mutate(pod, namespace=NAMESPACE, policies=policies, config=config,
+                  namespace_policies=parse_policy_list(
+                      metadata.get("annotations", {}).get(KEYS.policies, "")),
+                  pod_security=parse_level(labels.get(ENFORCE_LABEL)), namespace_labels=labels)
+
+
+def applied(pod: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(pod), ops)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated pods, shaped as the apiserver hands them to admission: no empty lists or maps.
+
+APP_NAMES = ["app", "web", "worker"]
+PATHS = ["/var/log/app", "/var/log/app/", "/var/log/application", "/scratch", "/scratch//",
+         "/scratchpad", "/data", "/"]
+#: the policies whose env vars, mounts, annotations and pull secrets overlap, asked for often
+OVERLAPPING = ["logging", "classic-last", "native-first", "metrics-exporter"]
+ENV_NAMES = ["LOG_DIR", "NOTE", "STATSD_HOST", "OWN"]
+TEXT = st.sampled_from(["web", "we$b", "$(HOME)", "a\"b", "ünï", ""])
+
+
+def _without_empties(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v not in ([], {}, None)}
+
+
+@st.composite
+def containers(draw: st.DrawFn, names: list[str], token: bool) -> list[dict[str, Any]]:
+    made = []
+    for name in names:
+        env = [{"name": n, "value": "own"} for n in draw(st.lists(st.sampled_from(ENV_NAMES),
+                                                                  unique=True, max_size=2))]
+        mounts: list[dict[str, Any]] = [{"name": "data", "mountPath": p}
+                  for p in draw(st.lists(st.sampled_from(PATHS), unique=True, max_size=2))]
+        if token:
+            mounts.append({"name": TOKEN, "readOnly": True,
+                           "mountPath": SERVICE_ACCOUNT_MOUNT_PATH})
+        made.append(_without_empties({"name": name, "image": f"{name}:1", "env": env,
+                                      "volumeMounts": mounts}))
+    return made
+
+
+@st.composite
+def pods(draw: st.DrawFn, policy_names: list[str]) -> dict[str, Any]:
+    token = draw(st.booleans())
+    apps = draw(st.lists(st.sampled_from([*APP_NAMES, "logging-agent"]), min_size=1,
+                         max_size=3, unique=True))
+    inits = draw(st.lists(st.sampled_from(["init-a", "init-b", "setup"]), max_size=2,
+                          unique=True))
+    volumes = [{"name": "data", "emptyDir": {}}]
+    volumes += [{"name": n, "emptyDir": {}} for n in draw(st.lists(
+        st.sampled_from(["cache", "scratch"]), max_size=1))]
+    if token:
+        volumes.append({"name": TOKEN, "projected": {"sources": [{"serviceAccountToken": {
+            "path": "token"}}]}})
+    requested = draw(st.lists(st.sampled_from(OVERLAPPING) | st.sampled_from(policy_names),
+                              min_size=1, max_size=4))
+    annotations = {KEYS.inject: ", ".join(requested)} if draw(st.integers(0, 3)) else {}
+    if draw(st.booleans()):
+        annotations["note"] = draw(TEXT)
+    if draw(st.booleans()):
+        annotations["prometheus.io/scrape"] = "own"
+    labels = {"app": draw(TEXT)} if draw(st.booleans()) else {}
+    if draw(st.booleans()):
+        labels["tier"] = "own"
+    named = draw(st.sampled_from(["name", "generateName", "both"]))
+    metadata = _without_empties({
+        "name": "web" if named != "generateName" else None,
+        "generateName": "web-7d9f-" if named != "name" else None,
+        "namespace": NAMESPACE, "labels": labels, "annotations": annotations})
+    spec = _without_empties({
+        "serviceAccountName": draw(st.sampled_from([None, "default", "orders"])),
+        "automountServiceAccountToken": draw(st.sampled_from([None, True, False])),
+        "initContainers": draw(containers(inits, token)),
+        "containers": draw(containers(apps, token)),
+        "volumes": volumes,
+        "imagePullSecrets": [{"name": "regcred"}] if draw(st.booleans()) else [],
+        "os": {"name": "windows"} if draw(st.integers(0, 9)) == 0 else None,
+        "resources": {"limits": {"cpu": "2"}} if draw(st.integers(0, 9)) == 0 else None,
+    })
+    return {"metadata": metadata, "spec": spec}
+
+
+@st.composite
+def namespaces(draw: st.DrawFn, policy_names: list[str]) -> dict[str, Any]:
+    labels = {KEYS.inject: "enabled"}
+    level = draw(st.sampled_from([None, None, None, "privileged", "baseline", "restricted"]))
+    if level is not None:
+        labels[ENFORCE_LABEL] = level
+    annotations = {}
+    if draw(st.booleans()):
+        annotations[KEYS.policies] = ",".join(draw(st.lists(st.sampled_from(policy_names),
+                                                            min_size=1, max_size=2)))
+    return {"metadata": _without_empties({"name": NAMESPACE, "labels": labels,
+                                          "annotations": annotations})}
+
+
+def kept_by_the_webhook(pod: dict[str, Any], namespace: dict[str, Any]) -> bool:
+    """The pods webhook.compiled_injection leaves to the webhook on purpose."""
+    spec = pod["spec"]
+    level = namespace["metadata"].get("labels", {}).get(ENFORCE_LABEL)
+    return "resources" in spec or "os" in spec or level not in (None, "privileged")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), on_conflict=st.sampled_from(["deny", "skip"]))
+def test_the_compiled_policy_injects_as_the_engine(
+    policies: PolicySet, data: st.DataObject, on_conflict: OnConflict,
+) -> None:
+    names = policies.names()
+    config = EngineConfig(selection=Selection(keys=KEYS, default_policies=("logging",),
+                                              own_namespace=OWN), on_conflict=on_conflict)
+    pod = data.draw(pods(names))
+    namespace = data.draw(namespaces(names))
+    decision, ops = compiled_ops(engine_spec(policies, config), pod, namespace)
+    outcome = engine_outcome(policies, config, pod, namespace)
+    if decision == INJECT:
+        assert isinstance(outcome.decision, Inject)
+        assert applied(pod, ops) == applied(pod, outcome.patch)
+    elif isinstance(outcome.decision, Inject) and not outcome.warnings:
+        # the engine injects with nothing to say: only a pod kept on purpose is not compiled's
+        assert decision == ""
+        assert kept_by_the_webhook(pod, namespace)
+
+
+def test_a_pod_asking_for_every_policy_gets_what_the_webhook_gives(policies: PolicySet) -> None:
+    config = EngineConfig(selection=Selection(keys=KEYS, own_namespace=OWN))
+    pod = {"metadata": {"generateName": "web-7d9f-", "namespace": NAMESPACE,
+                        "labels": {"app": "a$(HOME)"},
+                        "annotations": {KEYS.inject: ",".join(reversed(policies.names())),
+                                        "note": "$x"}},
+           "spec": {"serviceAccountName": "orders", "containers": [
+               {"name": "app", "image": "app:1", "volumeMounts": [
+                   {"name": TOKEN, "readOnly": True, "mountPath": SERVICE_ACCOUNT_MOUNT_PATH}]}],
+               "volumes": [{"name": TOKEN, "projected": {"sources": []}}]}}
+    namespace = {"metadata": {"name": NAMESPACE, "labels": {KEYS.inject: "enabled"}}}
+    decision, ops = compiled_ops(engine_spec(policies, config), pod, namespace)
+    outcome = engine_outcome(policies, config, pod, namespace)
+    assert decision == INJECT
+    after = applied(pod, ops)
+    assert after == applied(pod, outcome.patch)
+    status = json.loads(after["metadata"]["annotations"][KEYS.status])
+    assert status["policies"] == list(reversed(policies.names()))
+    helper = next(c for c in after["spec"]["containers"] if c["name"] == "helper")
+    assert helper["args"][0] == "$$x"  # expanded by the kubelet: the pod's `$` stays literal
+    assert {"name": TOKEN, "readOnly": True, "mountPath": SERVICE_ACCOUNT_MOUNT_PATH} in (
+        helper["volumeMounts"])
+
+
+@pytest.mark.parametrize("requested", [
+    "logging, native-first, classic-last, metrics-exporter",
+    "metrics-exporter, classic-last, native-first, logging, logging",
+])
+def test_what_several_policies_both_add_goes_in_once_the_first_policys(
+    policies: PolicySet, requested: str,
+) -> None:
+    """env vars (LOG_DIR), mount paths (/var/log/app and /var/log/app/), annotations
+    (prometheus.io/scrape) and pull secrets (regcred) that two policies add, into containers
+    that have some of them already or are selected by name."""
+    config = EngineConfig(selection=Selection(keys=KEYS, own_namespace=OWN))
+    apps = [{"name": "app", "image": "app:1", "env": [{"name": "NOTE", "value": "own"}]},
+            {"name": "web", "image": "web:1",
+             "volumeMounts": [{"name": "data", "mountPath": "/scratch//"}]},
+            {"name": "worker", "image": "worker:1",
+             "volumeMounts": [{"name": "data", "mountPath": "/var/log/application"}]}]
+    pod = {"metadata": {"name": "web", "namespace": NAMESPACE,
+                        "annotations": {KEYS.inject: requested}},
+           "spec": {"containers": apps, "volumes": [{"name": "data", "emptyDir": {}}],
+                    "imagePullSecrets": [{"name": "mirror"}]}}
+    namespace = {"metadata": {"name": NAMESPACE, "labels": {KEYS.inject: "enabled"}}}
+    decision, ops = compiled_ops(engine_spec(policies, config), pod, namespace)
+    assert decision == INJECT
+    assert applied(pod, ops) == applied(pod, injected_by_the_engine(policies, config, pod,
+                                                                    namespace))
+
+
+def injected_by_the_engine(policies: PolicySet, config: EngineConfig, pod: dict[str, Any],
+                        namespace: dict[str, Any]) -> list[dict[str, Any]]:
+    outcome = engine_outcome(policies, config, pod, namespace)
+    assert isinstance(outcome.decision, Inject)
+    return outcome.patch
+
+
+def test_constants_are_dyn_wrapped_cel_values() -> None:
+    data = {"a": [1, 2.5, True, None, "x\n\"y\""], "b": {}, "c": []}
+    assert evaluate(value(data), {}) == data
+    assert value([1, "a"]) == '[dyn(1), dyn("a")]'
+
+
+def test_policies_that_cannot_be_compiled_are_named_with_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "big.yaml").write_text(EXTRA["native-first"].replace(
+        "      volumeMounts: []", f"      securityContext: {{runAsUser: {2**60}}}"))
+    compiled = compile_policies(load_policy_dir(tmp_path), EngineConfig(), Target())
+    (left,) = compiled.uncompiled
+    assert str(left) == (f"{tmp_path / 'big.yaml'}:4: policy 'native-first': the integer "
+                         f"{2**60} is beyond 2**53, which a JSON patch value in the apiserver "
+                         "(a float64) cannot hold exactly")

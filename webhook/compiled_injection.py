@@ -1,0 +1,533 @@
+"""The injection half of `policies compile`: each policy as a CEL constant, and the CEL that turns
+the chosen policies into the webhook's own patch.
+
+Partial evaluation (docs/research/mutating-admission-policy.md, section 2): everything that
+depends only on the policy files is worked out here, once: the containers, volumes, env vars and
+mounts a policy adds, as constant CEL values; where in them the `${pod.*}` placeholders are, cut
+into segments; the JSON fragments of the `P/status` stamp; the policy's revision digits. One
+variable holds each policy, and `table` maps names to them, so a pod pays only for the policies
+it asks for. CEL then answers what depends on the pod: which policies, in what order, which of
+their env vars and mounts the pod's own containers do not have yet, where the placeholders' values
+come from, and the service-account token mount (webhook.render `_token_mount`).
+
+`variables.ops` is the patch as data (`{op, path, value}` maps), built in the same order and by
+the same rules as `webhook.patch.injection_patch`: a real CEL implementation evaluates it offline
+(tests/unit/test_compiled.py) exactly as the apiserver does, and only the last step, turning each
+map into a `JSONPatch`, is Kubernetes' own.
+
+What the webhook keeps (a pod the compiled policy leaves unstamped, `injectable` false): a pod
+whose names clash with a policy's (or two chosen policies' names clash), one with pod-level
+`spec.resources` (the envelope arithmetic needs quantities CEL cannot print), a Windows pod, one
+in a namespace that enforces a Pod Security level (the checks run on the whole pod), and any pod
+that asks for a policy this module cannot compile (`reason`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from jsonpointer import escape
+
+from webhook.platform import OS_LABEL, OperatingSystem
+from webhook.podsecurity import ENFORCE_LABEL, Level
+from webhook.policy import (
+    JSON_PLACEHOLDER,
+    PLACEHOLDER,
+    REVISION_BASES,
+    REVISION_MODULI,
+    SERVICE_ACCOUNT_MOUNT_PATH,
+    CompiledPolicy,
+    FieldPath,
+    PolicySet,
+    Position,
+    Template,
+    container_expansion,
+    env_expansion,
+)
+from webhook.render import SERVICE_ACCOUNT_VOLUME_PREFIX, sidecars_native
+
+Obj = dict[str, Any]
+Expanded = Callable[[FieldPath], bool]
+#: the decision of the engine policy for a pod it injects (the others are skip reasons)
+INJECT = "inject"
+#: a JSON patch value passes through float64 in the apiserver (structpb)
+EXACT_INTEGER = 2**53
+#: a CEL expression may hold 100,000 code points; one policy's constant must fit in one
+MAX_POLICY_CEL = 90_000
+
+
+def literal(value: object) -> str:
+    """A CEL literal for a string, a list of strings or a map of string to bool (JSON's string
+    syntax is CEL's, with the escapes both have)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(literal(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{literal(k)}: {'true' if v else 'false'}"
+                               for k, v in value.items()) + "}"
+    raise TypeError(f"no CEL literal for {value!r}")
+
+
+class CannotCompileError(Exception):
+    """A policy, or a part of one, that this compiler cannot turn into CEL; the reason."""
+
+
+def value(data: Any) -> str:
+    """A CEL constant for JSON data, every element and map value wrapped in `dyn()`: the
+    apiserver wants one element type per list and map literal."""
+    if data is None:
+        return "null"
+    if isinstance(data, bool):
+        return "true" if data else "false"
+    if isinstance(data, int):
+        if abs(data) > EXACT_INTEGER:
+            raise CannotCompileError(f"the integer {data} is beyond 2**53, which a JSON patch "
+                                     "value in the apiserver (a float64) cannot hold exactly")
+        return str(data)
+    if isinstance(data, float):
+        return repr(data) if re.search("[.en]", repr(data)) else f"{data!r}.0"
+    if isinstance(data, str):
+        return literal(data)
+    if isinstance(data, list):
+        return "[" + ", ".join(f"dyn({value(item)})" for item in data) + "]"
+    if isinstance(data, dict):
+        return "{" + ", ".join(f"{literal(str(k))}: dyn({value(v)})" for k, v in data.items()) + "}"
+    raise CannotCompileError(f"no CEL constant for {data!r}")
+
+
+def record(**fields: str) -> str:
+    """A CEL map of already-written CEL expressions, each wrapped in `dyn()`."""
+    return "{" + ", ".join(f"{literal(k)}: dyn({v})" for k, v in fields.items()) + "}"
+
+
+def listed(items: list[str]) -> str:
+    return "[" + ", ".join(f"dyn({item})" for item in items) + "]"
+
+
+def _json(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Placeholders, as segments: ["lit", text, ""], or [source, key, X] where source is a pod field
+# (key "") or `labels` or `annotations`, and X is "X" where the kubelet expands `$(VAR)` (the
+# value's `$` is then doubled, as the webhook does), else "".
+
+
+def _placeholder(match: re.Match[str], expanded: bool) -> list[str]:
+    flag = "X" if expanded else ""
+    if match["field"]:
+        return [match["field"], "", flag]
+    key = match["sq"] if match["sq"] is not None else match["dq"]
+    return [match["map"], key, flag]
+
+
+def json_segments(text: str, expanded: bool) -> list[list[str]] | None:
+    """The segments of a string of a JSON template, None without placeholders. The webhook
+    substitutes in the JSON text (JSON_PLACEHOLDER), so this cuts the same text."""
+    encoded = _json(text)[1:-1]
+    segments: list[list[str]] = []
+    at = 0
+    for match in JSON_PLACEHOLDER.finditer(encoded):
+        if match.start() > at:  # a `$` never ends an escape sequence, so the cut is clean
+            segments.append(["lit", json.loads(f'"{encoded[at:match.start()]}"'), ""])
+        segments.append(_placeholder(match, expanded))
+        at = match.end()
+    if not segments:
+        return None
+    if at < len(encoded):
+        segments.append(["lit", json.loads(f'"{encoded[at:]}"'), ""])
+    return segments
+
+
+def text_segments(text: str) -> list[list[str]]:
+    """The segments of an annotation or label value (substituted as plain text)."""
+    segments: list[list[str]] = []
+    at = 0
+    for match in PLACEHOLDER.finditer(text):
+        if match.start() > at:
+            segments.append(["lit", text[at:match.start()], ""])
+        segments.append(_placeholder(match, False))
+        at = match.end()
+    if at < len(text) or not segments:
+        segments.append(["lit", text[at:], ""])
+    return segments
+
+
+def _substitutions(data: Any, path: FieldPath, expansion: Expanded) -> Iterator[str]:
+    """`{path, segs}` records (CEL) for every string with placeholders below `data`."""
+    if isinstance(data, dict):
+        for key, item in data.items():
+            if JSON_PLACEHOLDER.search(_json(str(key))):
+                raise CannotCompileError(f"a placeholder in the key {key!r} is not compiled")
+            yield from _substitutions(item, (*path, key), expansion)
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            yield from _substitutions(item, (*path, index), expansion)
+    elif isinstance(data, str):
+        segments = json_segments(data, expansion(path))
+        if segments is not None:
+            pointer = "".join(f"/{escape(str(part))}" for part in path)
+            yield record(path=literal(pointer), segs=value(segments))
+
+
+def _never(_: FieldPath) -> bool:
+    return False
+
+
+def _entry(template: Template, expansion: Expanded = _never, **fields: str) -> str:
+    """An object a policy adds: its value, its placeholders, and `fields`."""
+    return record(value=value(template.value),
+                  subst=listed(list(_substitutions(template.value, (), expansion))), **fields)
+
+
+def _container(template: Template) -> str:
+    slot = template.mount_slot
+    place = "none" if slot is None else "create" if slot.before.endswith("[") else "append"
+    return _entry(template, container_expansion, slot=literal(place))
+
+
+# ---------------------------------------------------------------------------------------------
+# A policy as a constant
+
+
+def reason(policy: CompiledPolicy) -> str | None:
+    """Why `policy` cannot be compiled (yet), None when it can."""
+    if policy.namespaces is not None:
+        return ("spec.namespaceSelector is not compiled yet; `--hybrid` leaves its pods to the "
+                "webhook")
+    if OperatingSystem.LINUX not in policy.systems:
+        return "a policy for Windows pods only is not compiled yet"
+    try:
+        table_entry(policy, None, "", [])
+    except CannotCompileError as exc:
+        return str(exc)
+    return None
+
+
+def table_entry(policy: CompiledPolicy, kube_version: tuple[int, int] | None, status_key: str,
+                clashing: list[str]) -> str:
+    """`policy` as one CEL constant; `clashing`: the other compiled policies that add a
+    container or volume of the same name."""
+    inits, natives, classics = policy.variants[(False, False)]
+    native = sidecars_native(policy, kube_version)
+    ahead = [*inits, *natives] if native else list(inits)
+    front = ahead if policy.position is Position.FIRST else []
+    back = ahead if policy.position is Position.LAST else []
+    mounts = []
+    for mount in policy.mounts:
+        normal = mount.mount_path.rstrip("/") or "/"
+        mounts.append(_entry(
+            mount.mount, all="true" if mount.containers is None else "false",
+            only=literal(sorted(mount.containers or ())), norm=literal(normal),
+            pre=literal("" if normal == "/" else normal), pathJ=literal(_json(mount.mount_path))))
+
+    def metadata(templates: dict[str, Template], root: str, skip: str | None = None) -> str:
+        return listed([record(key=literal(key), keyJ=literal(_json(key)),
+                              path=literal(f"{root}/{escape(key)}"),
+                              segs=value(text_segments(template.value)))
+                       for key, template in templates.items() if key != skip])
+
+    d1, d2 = policy.revision_digits
+    entry = record(
+        nameJ=literal(_json(policy.name)),
+        front=listed([_container(t) for t in front]),
+        back=listed([_container(t) for t in back]),
+        classic=listed([] if native else [_container(t) for t in classics]),
+        initJ=literal(",".join(map(_json, policy.init_container_names))),
+        sideJ=literal(",".join(map(_json, policy.sidecar_names))),
+        volJ=literal(",".join(map(_json, policy.volume_names))),
+        adds=literal(policy.init_container_names + policy.sidecar_names),
+        vols=literal(policy.volume_names),
+        clashWith=literal(clashing),
+        volumes=listed([_entry(t) for t in policy.volumes]),
+        env=listed([_entry(t, env_expansion, name=literal(t.value["name"]),
+                           nameJ=literal(_json(t.value["name"]))) for t in policy.env]),
+        mounts=listed(mounts),
+        ann=metadata(policy.pod_annotations, "/metadata/annotations", skip=status_key),
+        lbl=metadata(policy.pod_labels, "/metadata/labels"),
+        pull=listed([record(name=literal(n), nameJ=literal(_json(n)))
+                     for n in policy.pull_secrets]),
+        d1=str(d1), d2=str(d2),
+    )
+    if len(entry) > MAX_POLICY_CEL:
+        raise CannotCompileError(f"it is {len(entry):,} characters of CEL, more than one "
+                                 f"expression may hold ({MAX_POLICY_CEL:,} here)")
+    return entry
+
+
+def _clashes(policies: list[CompiledPolicy]) -> dict[str, list[str]]:
+    """For each policy, the others that add a container or a volume of the same name."""
+    found: dict[str, list[str]] = {p.name: [] for p in policies}
+    for p in policies:
+        for q in policies:
+            if p is not q and (
+                    set(p.init_container_names + p.sidecar_names)
+                    & set(q.init_container_names + q.sidecar_names)
+                    or set(p.volume_names) & set(q.volume_names)):
+                found[p.name].append(q.name)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# The CEL that injects
+
+
+@dataclass(frozen=True, slots=True)
+class Injection:
+    """The variables of the engine policy that inject, and what could not be compiled."""
+
+    variables: list[Obj]
+    uncompiled: dict[str, str]
+
+
+def _op(op: str, path: str, data: str) -> str:
+    return record(op=literal(op), path=path, value=data)
+
+
+def _joined(segments: str) -> str:
+    """The string a segments list stands for, evaluated for the pod (variables.fields holds
+    the pod fields a placeholder may name)."""
+    source = ("g[0] == 'lit' ? g[1] : g[0] == 'labels' ? (has(object.metadata.labels) && "
+              "g[1] in object.metadata.labels ? object.metadata.labels[g[1]] : '') : "
+              "g[0] == 'annotations' ? (has(object.metadata.annotations) && g[1] in "
+              "object.metadata.annotations ? object.metadata.annotations[g[1]] : '') : "
+              "variables.fields[g[0]]")
+    return (f"{segments}.map(g, [{source}, g[2]]).map(v, v[1] == 'X' ? "
+            "v[0].replace('$', '$$') : v[0]).join('')")
+
+
+def _first(items: str, key: str) -> str:
+    """The items of the list `items` whose `key` no earlier item has."""
+    return (f"lists.range(size({items})).filter(i, !{items}.slice(0, i).exists(a, "
+            f"a.{key} == {items}[i].{key})).map(i, {items}[i])")
+
+
+def injection(policies: PolicySet, *, kube_version: tuple[int, int] | None, status_key: str,
+              ) -> Injection:
+    """The variables that decide whether the engine policy injects a pod (`injectable`) and
+    build its patch as data (`injection`)."""
+    uncompiled = {name: why for name in policies.names()
+                  if (why := reason(policies[name])) is not None}
+    compiled = [policies[name] for name in policies.names() if name not in uncompiled]
+    clashing = _clashes(compiled)
+    variables: list[Obj] = [
+        {"name": f"policy{index}",
+         "expression": table_entry(policy, kube_version, status_key, clashing[policy.name])}
+        for index, policy in enumerate(compiled)]
+    table = "{" + ", ".join(f"{literal(p.name)}: variables.policy{i}"
+                            for i, p in enumerate(compiled)) + "}"
+    spec = "object.spec"
+    inits = f"(has({spec}.initContainers) ? {spec}.initContainers : [])"
+    apps = f"(has({spec}.containers) ? {spec}.containers : [])"
+    volumes = f"(has({spec}.volumes) ? {spec}.volumes : [])"
+    labels = "namespaceObject.metadata.labels"
+    os_selector = f"{spec}.nodeSelector"
+    windows = literal(OperatingSystem.WINDOWS.value)
+    token_path = literal(SERVICE_ACCOUNT_MOUNT_PATH)
+    moduli, bases = REVISION_MODULI, REVISION_BASES
+    powers = [[pow(base, i, modulus) for i in range(max(len(compiled), 1))]
+              for base, modulus in zip(bases, moduli, strict=True)]
+
+    def chosen(part: str) -> str:
+        return f"variables.chosen.map(p, variables.table[p].{part}).flatten()"
+
+    def extend(path: str, has_items: str, items: str) -> str:
+        """webhook.patch `_extend`: the whole list when the pod has none, else one by one."""
+        return (f"size({items}) == 0 ? [] : {has_items} ? {items}.map(e, "
+                f"{_op('add', literal(path + '/-'), 'e.value')}) : "
+                f"[{_op('add', literal(path), f'{items}.map(e, e.value)')}]")
+
+    def stamp_list(items: str, field: str) -> str:
+        return f"{items}.map(e, e.{field}).filter(s, s != '').join(',')"
+
+    def revision(k: int) -> Obj:
+        """One of the two sums of webhook.policy.revision."""
+        return {"name": f"revision{k}", "expression": (
+            f"lists.range(size(variables.chosen)).map(i, (variables.table[variables.chosen[i]]"
+            f".d{k + 1} * {powers[k]}[i]) % {moduli[k]}).sum() % {moduli[k]}")}
+
+    def hex8(number: str) -> str:
+        return f"'00000000'.substring(size('%x'.format([{number}]))) + '%x'.format([{number}])"
+
+    def own_names(kind: str) -> str:
+        return f"has(c.{kind}) ? c.{kind}.map(o, o.name) : []"
+
+    variables += [
+        {"name": "table", "expression": table},
+        {"name": "chosen", "expression": "variables.requested.distinct()"},
+        {"name": "ownNames", "expression": f"{inits}.map(c, c.name) + {apps}.map(c, c.name)"},
+        {"name": "ownVolumes", "expression": f"{volumes}.map(v, v.name)"},
+        {"name": "keptByWebhook", "expression": " || ".join([
+            f"has({spec}.resources)",
+            f"(has({spec}.os) && {spec}.os.name == {windows})",
+            f"(has({os_selector}) && {literal(OS_LABEL)} in {os_selector} && "
+            f"{os_selector}[{literal(OS_LABEL)}] == {windows})",
+            f"(has({labels}) && {literal(ENFORCE_LABEL)} in {labels} && "
+            f"{labels}[{literal(ENFORCE_LABEL)}] != {literal(Level.PRIVILEGED.value)})",
+        ])},
+        {"name": "injectable", "expression": (
+            "size(variables.requested) > 0 && variables.requested.all(n, n in variables.table) "
+            "&& !variables.keptByWebhook && !variables.chosen.exists(p, "
+            "variables.table[p].adds.exists(n, n in variables.ownNames) || "
+            "variables.table[p].vols.exists(n, n in variables.ownVolumes) || "
+            "variables.table[p].clashWith.exists(q, q in variables.chosen))")},
+        # the pod's fields the placeholders read (webhook.render._Substitution)
+        {"name": "generateName", "expression": (
+            "has(object.metadata.generateName) ? object.metadata.generateName : ''")},
+        {"name": "podName", "expression": (
+            "has(object.metadata.name) && object.metadata.name != '' ? object.metadata.name : "
+            "variables.generateName")},
+        {"name": "serviceAccount", "expression": (
+            f"has({spec}.serviceAccountName) ? {spec}.serviceAccountName : ''")},
+        {"name": "fields", "expression": record(
+            name="variables.podName", generateName="variables.generateName",
+            namespace="namespaceObject.metadata.name",
+            serviceAccountName="variables.serviceAccount")},
+        # the service-account token the pod's own containers mount (webhook.render._token_mount)
+        {"name": "tokenVolumes", "expression": (
+            f"{volumes}.filter(v, v.name.startsWith({literal(SERVICE_ACCOUNT_VOLUME_PREFIX)}))"
+            ".map(v, v.name)")},
+        {"name": "token", "expression": (
+            f"(has({spec}.automountServiceAccountToken) && "
+            f"!{spec}.automountServiceAccountToken) || size(variables.tokenVolumes) == 0 || "
+            f"!({inits} + {apps}).exists(c, has(c.volumeMounts) && c.volumeMounts.exists(m, "
+            f"m.name == variables.tokenVolumes[0] && m.mountPath == {token_path})) ? '' : "
+            "variables.tokenVolumes[0]")},
+        {"name": "front", "expression": chosen("front")},
+        {"name": "back", "expression": chosen("back")},
+        {"name": "classic", "expression": chosen("classic")},
+        {"name": "volumes", "expression": chosen("volumes")},
+        # each injected container with the path it ends up at (ops apply in sequence)
+        {"name": "placed", "expression": (
+            "lists.range(size(variables.front)).map(i, "
+            + record(at="'/spec/initContainers/' + string(i)", e="variables.front[i]")
+            + ") + lists.range(size(variables.back)).map(i, "
+            + record(at=f"'/spec/initContainers/' + string(size(variables.front) + "
+                        f"size({inits}) + i)", e="variables.back[i]")
+            + ") + lists.range(size(variables.classic)).map(i, "
+            + record(at=f"'/spec/containers/' + string(size({apps}) + i)",
+                     e="variables.classic[i]") + ")")},
+        {"name": "allEnv", "expression": chosen("env")},
+        {"name": "env", "expression": _first("variables.allEnv", "name")},
+        {"name": "mounts", "expression": chosen("mounts")},
+        # per app container: the env vars and mounts it gets (webhook.render _render_env,
+        # _render_mounts: the pod's own names and mount paths win, the first policy wins)
+        {"name": "envAdded", "expression": (
+            f"{apps}.map(c, variables.env.filter(e, !(e.name in ({own_names('env')}))))")},
+        {"name": "mountsAdded", "expression": (
+            f"{apps}.map(c, lists.range(size(variables.mounts)).filter(i, "
+            "(variables.mounts[i].all || c.name in variables.mounts[i].only) && "
+            "!variables.mounts.slice(0, i).exists(m, (m.all || c.name in m.only) && "
+            "m.norm == variables.mounts[i].norm) && !(has(c.volumeMounts) && "
+            "c.volumeMounts.exists(o, o.mountPath.startsWith(variables.mounts[i].pre) && "
+            "o.mountPath.substring(size(variables.mounts[i].pre)).matches('^/*$')))).map(i, "
+            "variables.mounts[i]))")},
+        {"name": "allAnnotations", "expression": chosen("ann")},
+        {"name": "annotations", "expression": _first("variables.allAnnotations", "key")
+         + ".filter(e, !(has(object.metadata.annotations) && "
+           "e.key in object.metadata.annotations))"},
+        {"name": "allLabels", "expression": chosen("lbl")},
+        {"name": "labels", "expression": _first("variables.allLabels", "key")
+         + ".filter(e, !(has(object.metadata.labels) && e.key in object.metadata.labels))"},
+        {"name": "allPullSecrets", "expression": chosen("pull")},
+        {"name": "pullSecrets", "expression": _first("variables.allPullSecrets", "name")
+         + f".filter(e, !(has({spec}.imagePullSecrets) && {spec}.imagePullSecrets.exists(r, "
+           "has(r.name) && r.name == e.name)))"},
+        revision(0), revision(1),
+        # the stamp, in the key order of webhook.render (in three parts: cel-cpp, the offline
+        # evaluator, parses at most 32 levels deep, and a chain of `+` is one level each)
+        {"name": "chosenPolicies", "expression": "variables.chosen.map(p, variables.table[p])"},
+        {"name": "statusHead", "expression": " + ".join([
+            "'{\"policies\":[' + " + stamp_list("variables.chosenPolicies", "nameJ"),
+            "'],\"initContainers\":[' + " + stamp_list("variables.chosenPolicies", "initJ"),
+            "'],\"containers\":[' + " + stamp_list("variables.chosenPolicies", "sideJ"),
+            "'],\"volumes\":[' + " + stamp_list("variables.chosenPolicies", "volJ"), "'],'"])},
+        {"name": "statusApps", "expression": " + ".join([
+            f"'\"env\":{{' + lists.range(size({apps})).filter(i, "
+            f"size(variables.envAdded[i]) > 0).map(i, '\"' + {apps}[i].name + '\":[' + "
+            "variables.envAdded[i].map(e, e.nameJ).join(',') + ']').join(',')",
+            f"'}},\"volumeMounts\":{{' + lists.range(size({apps})).filter(i, "
+            f"size(variables.mountsAdded[i]) > 0).map(i, '\"' + {apps}[i].name + '\":[' + "
+            "variables.mountsAdded[i].map(e, e.pathJ).join(',') + ']').join(',') + '},'"])},
+        {"name": "status", "expression": " + ".join([
+            "variables.statusHead + variables.statusApps",
+            "'\"podAnnotations\":[' + variables.annotations.map(e, e.keyJ).join(',')",
+            "'],\"podLabels\":[' + variables.labels.map(e, e.keyJ).join(',') + ']'",
+            "(size(variables.pullSecrets) == 0 ? '' : ',\"imagePullSecrets\":[' + "
+            "variables.pullSecrets.map(e, e.nameJ).join(',') + ']')",
+            f"',\"revision\":\"' + {hex8('variables.revision0')} + "
+            f"{hex8('variables.revision1')} + '\"}}'",
+        ])},
+    ]
+    app_path = "'/spec/containers/' + string(i) + "
+
+    def per_app(added: str, kind: str) -> str:
+        """Ops adding `added[i]` to app container i's `kind` list, then its placeholders."""
+        has_items = f"has({apps}[i].{kind}) && size({apps}[i].{kind}) > 0"
+        start = f"(has({apps}[i].{kind}) ? size({apps}[i].{kind}) : 0)"
+        adds = (f"lists.range(size({apps})).map(i, size({added}[i]) == 0 ? [] : {has_items} ? "
+                f"{added}[i].map(e, {_op('add', app_path + literal(f'/{kind}/-'), 'e.value')}) "
+                f": [{_op('add', app_path + literal(f'/{kind}'), f'{added}[i].map(e, e.value)')}"
+                "]).flatten()")
+        fills = (f"lists.range(size({apps})).map(i, lists.range(size({added}[i])).map(k, "
+                 f"{added}[i][k].subst.map(s, " + _op(
+                     "replace", app_path + literal(f"/{kind}/") + f" + string({start} + k) + "
+                     "s.path", _joined("s.segs")) + ")).flatten()).flatten()")
+        return f"({adds}) + ({fills})"
+
+    token_mount = record(name="variables.token", readOnly="true", mountPath=token_path)
+    pull_value = record(name="e.name")
+    has_init = f"size({inits}) > 0"
+    parts = {
+        # metadata: the annotations map first when the pod has none, the stamp last
+        "opsAnnotations": " + ".join([
+            "(has(object.metadata.annotations) ? [] : ["
+            + _op("add", literal("/metadata/annotations"), "{}") + "])",
+            "variables.annotations.map(e, " + _op("add", "e.path", _joined("e.segs")) + ")",
+            "[" + _op("add", literal(f"/metadata/annotations/{escape(status_key)}"),
+                      "variables.status") + "]"]),
+        "opsLabels": (
+            f"(size(variables.labels) == 0 || has(object.metadata.labels) ? [] : "
+            f"[{_op('add', literal('/metadata/labels'), '{}')}]) + "
+            "variables.labels.map(e, " + _op("add", "e.path", _joined("e.segs")) + ")"),
+        # init containers: the front ones by index when the pod has some, the back ones after
+        "opsInitFront": f"{has_init} ? lists.range(size(variables.front)).map(i, " + _op(
+            "add", "'/spec/initContainers/' + string(i)", "variables.front[i].value") + ") : []",
+        "opsInitBack": f"{has_init} ? variables.back.map(e, " + _op(
+            "add", literal("/spec/initContainers/-"), "e.value") + ") : "
+        "size(variables.front) + size(variables.back) == 0 ? [] : [" + _op(
+            "add", literal("/spec/initContainers"),
+            "(variables.front + variables.back).map(e, e.value)") + "]",
+        "opsClassic": extend("/spec/containers", f"size({apps}) > 0", "variables.classic"),
+        "opsMounts": per_app("variables.mountsAdded", "volumeMounts"),
+        "opsEnv": per_app("variables.envAdded", "env"),
+        "opsVolumes": extend("/spec/volumes", f"size({volumes}) > 0", "variables.volumes"),
+        "opsPullSecrets": (
+            f"size(variables.pullSecrets) == 0 ? [] : has({spec}.imagePullSecrets) && "
+            f"size({spec}.imagePullSecrets) > 0 ? variables.pullSecrets.map(e, " + _op(
+                "add", literal("/spec/imagePullSecrets/-"), pull_value) + ") : [" + _op(
+                "add", literal("/spec/imagePullSecrets"),
+                f"variables.pullSecrets.map(e, {pull_value})") + "]"),
+        # the injected containers' token mounts and placeholders, at the paths they ended at
+        "opsToken": (
+            "variables.token == '' ? [] : variables.placed.filter(x, x.e.slot != 'none')"
+            ".map(x, x.e.slot == 'append' ? " + _op("add", "x.at + '/volumeMounts/-'",
+                                                    token_mount)
+            + " : " + _op("add", "x.at + '/volumeMounts'", f"[{token_mount}]") + ")"),
+        "opsPlaceholders": (
+            "variables.placed.map(x, x.e.subst.map(s, " + _op(
+                "replace", "x.at + s.path", _joined("s.segs")) + ")).flatten() + "
+            "lists.range(size(variables.volumes)).map(k, variables.volumes[k].subst.map(s, "
+            + _op("replace", f"'/spec/volumes/' + string(size({volumes}) + k) + s.path",
+                  _joined("s.segs")) + ")).flatten()"),
+    }
+    variables += [{"name": name, "expression": expression} for name, expression in parts.items()]
+    variables.append({"name": "injection",
+                      "expression": " + ".join(f"variables.{name}" for name in parts)})
+    return Injection(variables, uncompiled)
