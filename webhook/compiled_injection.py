@@ -279,6 +279,34 @@ def _clashes(policies: list[CompiledPolicy]) -> dict[str, list[str]]:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """The largest pod the engine policy injects itself; a larger one is the webhook's. The
+    costliest variables grow with (the pod's env vars) x (the env vars the policies add) and
+    (the pod's mounts) x (the mounts the policies add); the apiserver stops each at 1,000,000.
+    The divisors were measured through a 1.37 apiserver (tests/e2e/test_compiled.py runs a pod
+    at these limits), with room to spare."""
+
+    containers: int
+    env: int
+    mounts: int
+
+    @classmethod
+    def of(cls, policies: list[CompiledPolicy]) -> Limits:
+        env = sum(len(p.env) for p in policies)
+        mounts = sum(len(p.mounts) for p in policies)
+        return cls(containers=MAX_CONTAINERS, env=min(MAX_OWN, COST_SHARE // (20 + 2 * env)),
+                   mounts=min(MAX_OWN, COST_SHARE // (20 + 12 * mounts)))
+
+
+#: the containers (init and app) of the largest pod the engine policy injects
+MAX_CONTAINERS = 500
+#: the env vars, or the mounts, of the largest pod it injects (all containers together)
+MAX_OWN = 20_000
+#: the share of a variable's cost limit (1,000,000) the limits are made for
+COST_SHARE = 500_000
+
+
+@dataclass(frozen=True, slots=True)
 class Injection:
     """The variables of the engine policy that inject, and what could not be compiled."""
 
@@ -316,6 +344,7 @@ def injection(policies: PolicySet, *, kube_version: tuple[int, int] | None, stat
                   if (why := reason(policies[name])) is not None}
     compiled = [policies[name] for name in policies.names() if name not in uncompiled]
     clashing = _clashes(compiled)
+    limits = Limits.of(compiled)
     variables: list[Obj] = [
         {"name": f"policy{index}",
          "expression": table_entry(policy, kube_version, status_key, clashing[policy.name])}
@@ -364,6 +393,11 @@ def injection(policies: PolicySet, *, kube_version: tuple[int, int] | None, stat
         {"name": "ownNames", "expression": f"{inits}.map(c, c.name) + {apps}.map(c, c.name)"},
         {"name": "ownVolumes", "expression": f"{volumes}.map(v, v.name)"},
         {"name": "keptByWebhook", "expression": " || ".join([
+            # too large for the CEL cost limits (1,000,000 per variable), see `Limits`
+            f"size({inits}) + size({apps}) > {limits.containers}",
+            f"{apps}.map(c, has(c.env) ? size(c.env) : 0).sum() > {limits.env}",
+            f"({inits} + {apps}).map(c, has(c.volumeMounts) ? size(c.volumeMounts) : 0).sum() "
+            f"> {limits.mounts}",
             f"has({spec}.resources)",
             f"(has({spec}.os) && {spec}.os.name == {windows})",
             f"(has({os_selector}) && {literal(OS_LABEL)} in {os_selector} && "
@@ -418,8 +452,10 @@ def injection(policies: PolicySet, *, kube_version: tuple[int, int] | None, stat
         {"name": "mounts", "expression": chosen("mounts")},
         # per app container: the env vars and mounts it gets (webhook.render _render_env,
         # _render_mounts: the pod's own names and mount paths win, the first policy wins)
+        {"name": "ownEnv", "expression": f"{apps}.map(c, {own_names('env')})"},
         {"name": "envAdded", "expression": (
-            f"{apps}.map(c, variables.env.filter(e, !(e.name in ({own_names('env')}))))")},
+            f"lists.range(size({apps})).map(i, variables.env.filter(e, "
+            "!(e.name in variables.ownEnv[i])))")},
         {"name": "mountsAdded", "expression": (
             f"{apps}.map(c, lists.range(size(variables.mounts)).filter(i, "
             "(variables.mounts[i].all || c.name in variables.mounts[i].only) && "

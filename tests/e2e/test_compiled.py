@@ -37,6 +37,8 @@ from tests.e2e.webhookconfig import (
 )
 from webhook.cli import cli
 from webhook.compiled import MINIMUM_MINOR
+from webhook.compiled_injection import Limits
+from webhook.policy import load_policy_dir
 
 pytestmark = pytest.mark.e2e
 MINOR = int(K8S_VERSION.lstrip("v").split(".")[1])
@@ -84,14 +86,35 @@ DECIDED = [
     Case("own-namespace", {INJECT: "nope"}, {INJECT: "enabled"}, namespace=RELEASE_NAMESPACE),
 ]
 OWN_LOGS = {"name": "own-logs", "emptyDir": {}}
+SHIPPED = load_policy_dir(POLICIES)
+LIMITS = Limits.of(list(SHIPPED.policies.values()))
+EVERY_POLICY = ",".join(sorted(SHIPPED.names(), reverse=True))
+
+
+def large(containers: int, env: int, mounts: int) -> dict[str, Any]:
+    """A pod spec with this many containers, each with this many env vars and mounts (the
+    service-account token's comes on top)."""
+    return {"containers": [
+        {"name": f"c{i}", "image": "nginx:1.27",
+         "env": [{"name": f"E{j}", "value": "x"} for j in range(env)],
+         "volumeMounts": [{"name": "own-logs", "mountPath": f"/own/{j}"} for j in range(mounts)]}
+        for i in range(containers)], "volumes": [OWN_LOGS]}
+
+
 #: Pods the compiled policies inject themselves.
 INJECTED = [
     Case("defaults"),
     Case("named", {INJECT: "wait-for-database,logging"}),
     Case("namespace-default", {INJECT: "enabled"},
          namespace_annotations={NAMESPACE_POLICIES: "metrics-exporter"}),
-    Case("every-policy", {INJECT: ",".join(sorted(
-        (path.stem for path in POLICIES.glob("*.yaml")), reverse=True))}),
+    Case("every-policy", {INJECT: EVERY_POLICY}),
+    # as large as the engine policy injects itself (webhook.compiled_injection.Limits): the CEL
+    # cost limits hold
+    Case("at-the-cost-limits", {INJECT: EVERY_POLICY}, spec=large(
+        LIMITS.containers, LIMITS.env // LIMITS.containers,
+        LIMITS.mounts // LIMITS.containers - 1)),
+    Case("at-the-cost-limits-few-containers", {INJECT: EVERY_POLICY}, spec=large(
+        2, LIMITS.env // 2, LIMITS.mounts // 2 - 1)),
     Case("repeated-names", {INJECT: " logging, metrics-exporter ,logging"}),
     Case("generate-name", {INJECT: "wait-for-database,service-registration"},
          generate_name=True),
@@ -114,6 +137,7 @@ INJECTED = [
 LEFT_TO_THE_WEBHOOK = [
     Case("pod-level-resources", spec={"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}),
     Case("windows", spec={"os": {"name": "windows"}}),
+    Case("over-the-cost-limits", {INJECT: EVERY_POLICY}, spec=large(2, LIMITS.env // 2 + 1, 1)),
     Case("pod-security-baseline", namespace_labels={
         "pod-security.kubernetes.io/enforce": "baseline"}),
     Case("huge-annotation", {INJECT: ",".join(["nope"] * 200)}),
@@ -282,7 +306,8 @@ if MINOR >= MINIMUM_MINOR:
             "injection: unknown injection policy 'nope', 'other' (check the "
             f"{INJECT} annotation)" for pod in [alone["unknown-among-known"][0]]]
         every = json.loads(stamps["every-policy"] or "{}")
-        assert len(every["policies"]) == len(list(POLICIES.glob("*.yaml")))
+        assert every["policies"] == EVERY_POLICY.split(",")
+        assert json.loads(stamps["at-the-cost-limits"] or "{}")["policies"] == every["policies"]
         for case in LEFT_TO_THE_WEBHOOK:  # not compiled: the compiled policies leave them be
             pod, warnings = alone[case.name]
             assert STATUS not in (pod["metadata"].get("annotations") or {}), case.name

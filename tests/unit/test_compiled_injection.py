@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from tests.celeval import evaluate, run_variables
 from tests.conftest import SHIPPED_POLICIES
 from webhook.compiled import Target, compile_policies
-from webhook.compiled_injection import INJECT, value
+from webhook.compiled_injection import INJECT, Limits, value
 from webhook.engine import EngineConfig, Outcome, mutate
 from webhook.keys import Keys
 from webhook.podsecurity import ENFORCE_LABEL, parse_level
@@ -330,3 +330,34 @@ def test_policies_that_cannot_be_compiled_are_named_with_the_reason(tmp_path: Pa
     assert str(left) == (f"{tmp_path / 'big.yaml'}:4: policy 'native-first': the integer "
                          f"{2**60} is beyond 2**53, which a JSON patch value in the apiserver "
                          "(a float64) cannot hold exactly")
+
+
+@pytest.mark.parametrize(("part", "over"), [
+    (part, over) for part in ("containers", "env", "mounts") for over in (False, True)])
+def test_a_pod_too_large_for_the_cel_cost_limits_is_the_webhooks(
+    policies: PolicySet, part: str, over: bool,
+) -> None:
+    """Limits, measured through a 1.37 apiserver (tests/e2e/test_compiled.py): past them, the
+    engine policy could run out of CEL cost and fail the pod (or, with --hybrid, leave it late).
+    `part` of the pod is at its limit, or one over it."""
+    limits = Limits.of(list(policies.policies.values()))
+    apps = limits.containers - (part != "containers") + (part == "containers" and over)
+    wanted = {key: getattr(limits, key) + over if key == part else 0 for key in ("env", "mounts")}
+
+    def spread(total: int, index: int) -> int:  # `total` over the containers, the rest to c0
+        return total // apps + (total % apps if index == 0 else 0)
+
+    spec = {"containers": [
+        _without_empties({"name": f"c{i}", "image": "app:1",
+                          "env": [{"name": f"E{j}", "value": "x"}
+                                  for j in range(spread(wanted["env"], i))],
+                          "volumeMounts": [{"name": "data", "mountPath": f"/own/{j}"}
+                                           for j in range(spread(wanted["mounts"], i))]})
+        for i in range(apps)], "volumes": [{"name": "data", "emptyDir": {}}]}
+    pod = {"metadata": {"name": "web", "namespace": NAMESPACE,
+                        "annotations": {KEYS.inject: "logging"}}, "spec": spec}
+    namespace = {"metadata": {"name": NAMESPACE, "labels": {KEYS.inject: "enabled"}}}
+    config = EngineConfig(selection=Selection(keys=KEYS, own_namespace=OWN))
+    variables = run_variables(engine_spec(policies, config),
+                              {"object": pod, "namespaceObject": namespace}, ("decision",))
+    assert variables["decision"] == ("" if over else INJECT)
