@@ -1,4 +1,4 @@
-"""Pod creation through a real kube-apiserver: no webhook, `sidecar-injector`, agnhost.
+"""Pod creation through a real kube-apiserver: no webhook, `sidecar-injector`, agnhost, compiled.
 
     python -m bench.apiserver [--pods 500] [--concurrency 1,8] [--rounds 2] [--plot FILE.png]
 
@@ -15,6 +15,12 @@ in three namespaces, one per path:
   `sidecar-injector serve` process with the shipped policies, started and registered (the chart's
   MutatingWebhookConfiguration, failurePolicy Fail) as the e2e suite does, at the default log
   level (one log line per review);
+- `compiled` (Kubernetes 1.36+): no webhook either; the shipped policies compiled into admission
+  policies the apiserver runs itself (`sidecar-injector policies compile`, with the server's
+  `--default-policies logging`, applied as they are). They are compiled with the prefix
+  `compiled.bench`, so that they act only in their own namespace
+  (`compiled.bench/inject=enabled`) and the webhook never sees their pods; the pod is the same,
+  its annotation `compiled.bench/inject: logging`;
 - `agnhost`: served by Kubernetes' own Go test webhook (`agnhost webhook`, path
   `/mutating-pods-sidecar`, which adds one container), registered with its own
   MutatingWebhookConfiguration and namespaceSelector. Its reinvocationPolicy is `Never` unless
@@ -36,8 +42,11 @@ For each run the table gives, per path and concurrency (one value per round):
   concurrency;
 - from the apiserver's /metrics, read before and after the run: the share of the webhook's calls
   in the lowest bucket of `apiserver_admission_webhook_admission_duration_seconds` (the bound is
-  read from the metrics text: 5 ms) and the webhook's calls per pod created
-  (`apiserver_admission_webhook_request_total`; for `plain`, the calls of any webhook: 0).
+  read from the metrics text: 5 ms), their mean duration, and the webhook's calls per pod created
+  (`apiserver_admission_webhook_request_total`; for `plain`, the calls of any webhook: 0); for
+  `compiled`, the same from the apiserver's own admission-policy metrics:
+  `apiserver_mutating_admission_policy_check_duration_seconds` and `_check_total` of the engine
+  policy (the bound of their lowest bucket is given in the column).
 
 `--plot` writes the latency CDFs per path, one panel per concurrency, as a PNG. The logs of the
 control plane and of both webhooks are kept under artifacts/bench-apiserver/ when a run fails.
@@ -51,6 +60,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -62,26 +72,41 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from tests.e2e.conftest import STATUS, Webhook, pod_manifest
+from tests.e2e.conftest import POLICIES, STATUS, Webhook, pod_manifest
 from tests.e2e.controlplane import K8S_VERSION, ROOT, ControlPlane, Process, binary, start
 from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.webhookconfig import INJECT, RELEASE_NAMESPACE, webhook_configuration
 from tests.serverproc import free_port, generate_certs
+from webhook.compiled import MINIMUM_MINOR, Target, compile_policies
+from webhook.engine import EngineConfig
+from webhook.keys import Keys
+from webhook.policy import load_policy_dir
+from webhook.selection import Selection
 
-PATHS = ("plain", "sidecar-injector", "agnhost")
+MINOR = int(K8S_VERSION.lstrip("v").split(".")[1])
+PATHS = ("plain", "sidecar-injector", "agnhost") + (("compiled",) if MINOR >= MINIMUM_MINOR
+                                                     else ())
 NAMESPACES = {"plain": "bench-plain", "sidecar-injector": "bench-injector",
-              "agnhost": "bench-agnhost"}
+              "agnhost": "bench-agnhost", "compiled": "bench-compiled"}
+COMPILED_KEYS = Keys(prefix="compiled.bench")
+COMPILED = "bench-compiled"  # the engine policy's name
 OURS = "namespace.sidecar-injector.sidecar.company.com"
 AGNHOST = "sidecar.agnhost.k8s.io"
 AGNHOST_CONFIG = "bench-agnhost-sidecar"
 AGNHOST_LABEL = "bench-agnhost"
 AGNHOST_CONTAINER = "webhook-added-sidecar"
-WEBHOOK_OF = {"plain": None, "sidecar-injector": OURS, "agnhost": AGNHOST}
+WEBHOOK_OF = {"plain": None, "sidecar-injector": OURS, "agnhost": AGNHOST, "compiled": None}
 POD = pod_manifest(generate_name="bench-", annotations={INJECT: "logging"})
+PODS = {path: POD for path in PATHS} | {"compiled": pod_manifest(
+    generate_name="bench-", annotations={COMPILED_KEYS.inject: "logging"})}
+STATUS_KEYS = {path: STATUS for path in PATHS} | {"compiled": COMPILED_KEYS.status}
 WARMUP = 10  # dry-run creates per client before each run
 WARMUP_PODS = 100  # pods of the unreported first run of each path
 DURATION = "apiserver_admission_webhook_admission_duration_seconds"
 REQUESTS = "apiserver_admission_webhook_request_total"
+POLICY_DURATION = "apiserver_mutating_admission_policy_check_duration_seconds"
+POLICY_CHECKS = "apiserver_mutating_admission_policy_check_total"
+WEBHOOK_BOUND = 0.005
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
@@ -91,12 +116,17 @@ class WebhookStats:
 
     calls: float
     count: float  # observations of the duration histogram
-    lowest: float  # observations in its lowest bucket
+    lowest: float  # observations in its lowest bucket (for a policy: up to the webhooks' bound)
     bound: float  # that bucket's upper bound, seconds
+    total: float  # the sum of the observed durations, seconds
 
     def __sub__(self, other: WebhookStats) -> WebhookStats:
         return WebhookStats(self.calls - other.calls, self.count - other.count,
-                            self.lowest - other.lowest, self.bound)
+                            self.lowest - other.lowest, self.bound, self.total - other.total)
+
+    @property
+    def mean_ms(self) -> float:
+        return 1000 * self.total / self.count if self.count else 0.0
 
 
 @dataclass
@@ -128,20 +158,31 @@ def samples(text: str, metric: str) -> Iterable[tuple[dict[str, str], float]]:
             yield dict(LABEL.findall(labels)), float(value)
 
 
-def webhook_stats(text: str, name: str | None) -> WebhookStats:
-    """CREATE calls to webhook `name` (any webhook if None) and their duration histogram."""
+def webhook_stats(text: str, path: str) -> WebhookStats:
+    """The calls of `path`'s webhook (for `plain`, of any webhook; for `compiled`, of its engine
+    policy) and their duration histogram."""
+    name = WEBHOOK_OF.get(path)
+    calls_metric, duration = ((POLICY_CHECKS, POLICY_DURATION) if path == "compiled"
+                              else (REQUESTS, DURATION))
+
     def ours(labels: dict[str, str]) -> bool:
+        if path == "compiled":
+            return labels.get("policy") == COMPILED
         return labels.get("operation") == "CREATE" and name in (None, labels.get("name"))
 
-    calls = sum(v for labels, v in samples(text, REQUESTS) if ours(labels))
+    calls = sum(v for labels, v in samples(text, calls_metric) if ours(labels))
     buckets: dict[float, float] = {}
-    for labels, value in samples(text, DURATION + "_bucket"):
+    for labels, value in samples(text, duration + "_bucket"):
         if ours(labels):
             le = float(labels["le"])
             buckets[le] = buckets.get(le, 0.0) + value
-    count = sum(v for labels, v in samples(text, DURATION + "_count") if ours(labels))
-    bound = min(buckets, default=0.005)
-    return WebhookStats(calls, count, buckets.get(bound, 0.0), bound)
+    count = sum(v for labels, v in samples(text, duration + "_count") if ours(labels))
+    total = sum(v for labels, v in samples(text, duration + "_sum") if ours(labels))
+    # the webhooks' lowest bound (5 ms); the policies' histogram has 0.5 µs, 1 ms, 10 ms, ...:
+    # its first bound of a millisecond or more
+    bound = WEBHOOK_BOUND if WEBHOOK_BOUND in buckets else min(
+        (b for b in buckets if b >= 0.001), default=WEBHOOK_BOUND)
+    return WebhookStats(calls, count, buckets.get(bound, 0.0), bound, total)
 
 
 def lowest_bound(text: str) -> float:
@@ -155,46 +196,49 @@ def new_client(kubeconfig: Path) -> Any:
     return loader(config_file=str(kubeconfig))
 
 
-def create(core: Any, namespace: str, *, dry_run: bool = False) -> bytes:
-    """Create the benchmark pod; the raw response body (not deserialized into models)."""
+def create(core: Any, path: str, *, dry_run: bool = False) -> bytes:
+    """Create the benchmark pod of `path`, in its namespace; the raw response body (not
+    deserialized into models)."""
     kwargs = {"dry_run": "All"} if dry_run else {}
-    response = core.create_namespaced_pod(namespace, POD, _preload_content=False, **kwargs)
+    response = core.create_namespaced_pod(NAMESPACES[path], PODS[path], _preload_content=False,
+                                          **kwargs)
     body: bytes = response.read()
     response.release_conn()
     return body
 
 
-def creator(api: Any, namespace: str, pods: int) -> tuple[list[float], bytes]:
+def creator(api: Any, path: str, pods: int) -> tuple[list[float], bytes]:
     """Create `pods` pods one after the other; each one's latency and the first response."""
     core: Any = client.CoreV1Api(api)
     latencies = []
     first = b""
     for _ in range(pods):
         began = time.perf_counter()
-        body = create(core, namespace)
+        body = create(core, path)
         latencies.append(time.perf_counter() - began)
         first = first or body
     return latencies, first
 
 
-def warm_up(api: Any, namespace: str) -> None:
+def warm_up(api: Any, path: str) -> None:
     core: Any = client.CoreV1Api(api)
     for _ in range(WARMUP):
-        create(core, namespace, dry_run=True)
+        create(core, path, dry_run=True)
 
 
 def check(path: str, body: bytes) -> None:
     """Fail unless the pod created on `path` is what that path makes of it."""
     pod = json.loads(body)
     containers = [c["name"] for c in pod["spec"]["containers"]]
-    status = (pod["metadata"].get("annotations") or {}).get(STATUS)
+    annotations = pod["metadata"].get("annotations") or {}
+    status = annotations.get(STATUS_KEYS[path])
     injected = status is not None and "skipped" not in json.loads(status)
     expected = {"plain": (containers == ["app"] and status is None),
-                "sidecar-injector": injected,
+                "sidecar-injector": injected, "compiled": injected and STATUS not in annotations,
                 "agnhost": AGNHOST_CONTAINER in containers and status is None}[path]
     if not expected:
         raise SystemExit(f"bench: a pod created on {path} is not as expected: "
-                         f"containers {containers}, {STATUS} {status}")
+                         f"containers {containers}, {STATUS_KEYS[path]} {status}")
 
 
 def run_once(plane: ControlPlane, kube: Kube, path: str, pods: int, concurrency: int,
@@ -204,11 +248,11 @@ def run_once(plane: ControlPlane, kube: Kube, path: str, pods: int, concurrency:
     shares = [pods // concurrency + (i < pods % concurrency) for i in range(concurrency)]
     try:
         with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(lambda api: warm_up(api, namespace), apis))
+            list(pool.map(lambda api: warm_up(api, path), apis))
             before = plane.metrics()
             began = time.perf_counter()
-            results = list(pool.map(lambda a: creator(a[0], namespace, a[1]), zip(apis, shares,
-                                                                                  strict=True)))
+            results = list(pool.map(lambda a: creator(a[0], path, a[1]), zip(apis, shares,
+                                                                             strict=True)))
             seconds = time.perf_counter() - began
         after = plane.metrics()
     finally:
@@ -217,10 +261,24 @@ def run_once(plane: ControlPlane, kube: Kube, path: str, pods: int, concurrency:
     latencies = [latency for result, _ in results for latency in result]
     for _, first in results:
         check(path, first)
-    name = WEBHOOK_OF[path]
-    stats = webhook_stats(after, name) - webhook_stats(before, name)
+    stats = webhook_stats(after, path) - webhook_stats(before, path)
     delete_pods(kube, namespace)
     return Run(path, concurrency, round_, latencies, seconds, stats)
+
+
+def apply_compiled(plane: ControlPlane) -> None:
+    """The shipped policies as admission policies (`policies compile`), applied."""
+    selection = Selection(keys=COMPILED_KEYS, default_policies=("logging",),
+                          own_namespace=RELEASE_NAMESPACE)
+    compiled = compile_policies(load_policy_dir(POLICIES), EngineConfig(selection=selection),
+                                Target(name=COMPILED, own_namespace=RELEASE_NAMESPACE))
+    if compiled.uncompiled:
+        raise SystemExit(f"bench: not compiled: {compiled.uncompiled[0]}")
+    done = subprocess.run(["kubectl", "--kubeconfig", str(plane.kubeconfig), "apply", "-f", "-"],
+                          input=compiled.yaml(), capture_output=True, text=True, timeout=60,
+                          check=False)
+    if done.returncode:
+        raise SystemExit(f"bench: kubectl apply of the compiled policies: {done.stderr}")
 
 
 def delete_pods(kube: Kube, namespace: str) -> None:
@@ -264,7 +322,7 @@ def takes_effect(kubeconfig: Path, path: str) -> None:
 
     def ready() -> bool:
         try:
-            check(path, create(client.CoreV1Api(api), NAMESPACES[path], dry_run=True))
+            check(path, create(client.CoreV1Api(api), path, dry_run=True))
         except (ApiException, SystemExit):
             return False
         return True
@@ -284,6 +342,9 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> lis
     kube.ensure_namespace(NAMESPACES["plain"])
     kube.ensure_namespace(NAMESPACES["sidecar-injector"], labels={INJECT: "enabled"})
     kube.ensure_namespace(NAMESPACES["agnhost"], labels={AGNHOST_LABEL: "on"})
+    if "compiled" in PATHS:
+        kube.ensure_namespace(NAMESPACES["compiled"], labels={COMPILED_KEYS.inject: "enabled"})
+        apply_compiled(plane)
     (workdir / "webhook").mkdir()
     ours = Webhook(workdir / "webhook", plane.kubeconfig, plane.logs)
     ours.start()
@@ -320,8 +381,8 @@ def report(runs: list[Run], args: argparse.Namespace, bound: float) -> None:
           f"{os.cpu_count()} CPUs, agnhost reinvocationPolicy {args.agnhost_reinvocation}; "
           "one value per round\n")
     print(f"| path | c | p50 ms | p99 ms | pods/s | added p50 ms | added p99 ms "
-          f"| webhook calls <= {bound * 1000:g} ms | calls/pod |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"| calls <= {bound * 1000:g} ms | mean call ms | calls/pod |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     plain = {(r.round, r.concurrency): r for r in runs if r.path == "plain"}
 
     def added(r: Run, q: int) -> float:
@@ -346,8 +407,16 @@ def report(runs: list[Run], args: argparse.Namespace, bound: float) -> None:
                   f"| {cells(lambda r: r.pods_per_second, '{:.0f}')} "
                   f"| {cells(lambda r: added(r, 50), '{:+.1f}', reference=False)} "
                   f"| {cells(lambda r: added(r, 99), '{:+.1f}', reference=False)} "
-                  f"| {cells(share, '{:.0f}%', reference=False)} "
+                  f"| {cells(share, '{:.0f}%', reference=False)}"
+                  f"{own_bound(mine, bound)} "
+                  f"| {cells(lambda r: r.webhook.mean_ms, '{:.2f}', reference=False)} "
                   f"| {cells(lambda r: r.webhook.calls / len(r.latencies), '{:.2f}')} |")
+
+
+def own_bound(runs: list[Run], bound: float) -> str:
+    """The lowest bucket of these runs' histogram, when it is not the webhooks' `bound`."""
+    bounds = {r.webhook.bound for r in runs if r.webhook.count}
+    return "".join(f" (<= {b * 1000:g} ms)" for b in bounds if b != bound)
 
 
 def plot(runs: list[Run], concurrencies: list[int], out: Path) -> None:
@@ -378,8 +447,8 @@ def plot(runs: list[Run], concurrencies: list[int], out: Path) -> None:
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(loc="best")
     axes[0][0].set_ylabel("share of pods created within")
-    figure.suptitle(f"Pod creation through kube-apiserver {K8S_VERSION}: no webhook, "
-                    "sidecar-injector, agnhost")
+    figure.suptitle(f"Pod creation through kube-apiserver {K8S_VERSION}: "
+                    + ", ".join(PATHS))
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     plt.close(figure)
@@ -397,6 +466,9 @@ def main() -> None:
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     if args.pods < 2 or min(args.concurrency) < 1 or args.pods < max(args.concurrency):
         parser.error("--pods must be at least 2 and at least the largest --concurrency")
+    if "compiled" not in PATHS:
+        print(f"bench: no compiled path: Kubernetes 1.{MINOR} serves no MutatingAdmissionPolicy "
+              f"(1.{MINIMUM_MINOR}+)")
     began = time.monotonic()
     failed = True
     with tempfile.TemporaryDirectory() as tmp:
