@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 from jsonpointer import escape
 
-from webhook.compiled_injection import INJECT, injection, literal, record
+from webhook.compiled_injection import INJECT, clash_denial, injection, literal, record
 from webhook.engine import EngineConfig
 from webhook.keys import OPT_IN, OPT_OUT, SYSTEM_NAMESPACES, USE_DEFAULTS
 from webhook.policy import PolicySet, revision
@@ -122,26 +122,35 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
         },
     }
 
-    def validating(name: str, failure_policy: str, validation: Obj, **spec: Any) -> Obj:
+    def validating(name: str, failure_policy: str, validations: list[Obj],
+                   variables: list[Obj], **spec: Any) -> Obj:
         return {"apiVersion": API_VERSION, "kind": "ValidatingAdmissionPolicy",
                 "metadata": {"name": name, "labels": labels},
                 "spec": {"failurePolicy": failure_policy, "matchConstraints": constraints,
-                         **spec, "variables": cel.variables, "validations": [validation]}}
+                         **spec, "variables": variables, "validations": validations}}
 
     warn = validating(f"{target.name}-warn", "Ignore",  # a warning never blocks a pod
-                      {"expression": cel.not_skipped_unknown,
-                       "messageExpression": cel.unknown_warning,
-                       "message": cel.unknown_fallback})
+                      [{"expression": cel.not_skipped_unknown,
+                        "messageExpression": cel.unknown_warning,
+                        "message": cel.unknown_fallback}], cel.variables)
     objects: list[Obj] = [engine]
     for suffix, selectors in _entries(target, config):
         objects.append(_binding("MutatingAdmissionPolicyBinding", target.name, suffix, labels,
                                 selectors))
     checks: list[tuple[Obj, str]] = [(warn, "Warn")]
+    denials: list[Obj] = []
+    variables = list(cel.variables)
     if config.selection.strict:
+        denials.append({"expression": cel.not_denied_unknown,
+                        "messageExpression": cel.unknown_denial,
+                        "message": cel.unknown_denial_fallback, "reason": "Forbidden"})
+    if config.on_conflict == "deny":
+        clash = clash_denial(policies, inject_key=config.selection.keys.inject)
+        denials.append(clash.validation)
+        variables += clash.variables
+    if denials:
         deny = validating(
-            f"{target.name}-deny", target.failure_policy,
-            {"expression": cel.not_denied_unknown, "messageExpression": cel.unknown_denial,
-             "message": cel.unknown_denial_fallback, "reason": "Forbidden"},
+            f"{target.name}-deny", target.failure_policy, denials, variables,
             # after every mutation: a pod stamped by then (skipped, or injected by the webhook
             # in hybrid mode) is not the engine's to deny
             matchConditions=[{"name": "not-stamped", "expression": cel.not_stamped}])

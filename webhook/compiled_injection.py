@@ -336,13 +336,49 @@ def _first(items: str, key: str) -> str:
             f"a.{key} == {items}[i].{key})).map(i, {items}[i])")
 
 
+SPEC = "object.spec"
+INITS = f"(has({SPEC}.initContainers) ? {SPEC}.initContainers : [])"
+APPS = f"(has({SPEC}.containers) ? {SPEC}.containers : [])"
+VOLUMES = f"(has({SPEC}.volumes) ? {SPEC}.volumes : [])"
+
+
+def pod_variables(limits: Limits) -> list[Obj]:
+    """The pod's own names, and whether the pod is the webhook's to decide (`keptByWebhook`):
+    too large for the CEL cost limits, pod-level resources, Windows, a Pod Security level."""
+    labels = "namespaceObject.metadata.labels"
+    os_selector = f"{SPEC}.nodeSelector"
+    windows = literal(OperatingSystem.WINDOWS.value)
+    return [
+        {"name": "ownNames", "expression": f"{INITS}.map(c, c.name) + {APPS}.map(c, c.name)"},
+        {"name": "ownVolumes", "expression": f"{VOLUMES}.map(v, v.name)"},
+        {"name": "keptByWebhook", "expression": " || ".join([
+            # too large for the CEL cost limits (1,000,000 per variable), see `Limits`
+            f"size({INITS}) + size({APPS}) > {limits.containers}",
+            f"{APPS}.map(c, has(c.env) ? size(c.env) : 0).sum() > {limits.env}",
+            f"({INITS} + {APPS}).map(c, has(c.volumeMounts) ? size(c.volumeMounts) : 0).sum() "
+            f"> {limits.mounts}",
+            f"has({SPEC}.resources)",
+            f"(has({SPEC}.os) && {SPEC}.os.name == {windows})",
+            f"(has({os_selector}) && {literal(OS_LABEL)} in {os_selector} && "
+            f"{os_selector}[{literal(OS_LABEL)}] == {windows})",
+            f"(has({labels}) && {literal(ENFORCE_LABEL)} in {labels} && "
+            f"{labels}[{literal(ENFORCE_LABEL)}] != {literal(Level.PRIVILEGED.value)})",
+        ])},
+    ]
+
+
+def compilable(policies: PolicySet) -> tuple[list[CompiledPolicy], dict[str, str]]:
+    """The policies that compile, in name order, and why each other one does not."""
+    uncompiled = {name: why for name in policies.names()
+                  if (why := reason(policies[name])) is not None}
+    return [policies[name] for name in policies.names() if name not in uncompiled], uncompiled
+
+
 def injection(policies: PolicySet, *, kube_version: tuple[int, int] | None, status_key: str,
               ) -> Injection:
     """The variables that decide whether the engine policy injects a pod (`injectable`) and
     build its patch as data (`injection`)."""
-    uncompiled = {name: why for name in policies.names()
-                  if (why := reason(policies[name])) is not None}
-    compiled = [policies[name] for name in policies.names() if name not in uncompiled]
+    compiled, uncompiled = compilable(policies)
     clashing = _clashes(compiled)
     limits = Limits.of(compiled)
     variables: list[Obj] = [
@@ -351,13 +387,7 @@ def injection(policies: PolicySet, *, kube_version: tuple[int, int] | None, stat
         for index, policy in enumerate(compiled)]
     table = "{" + ", ".join(f"{literal(p.name)}: variables.policy{i}"
                             for i, p in enumerate(compiled)) + "}"
-    spec = "object.spec"
-    inits = f"(has({spec}.initContainers) ? {spec}.initContainers : [])"
-    apps = f"(has({spec}.containers) ? {spec}.containers : [])"
-    volumes = f"(has({spec}.volumes) ? {spec}.volumes : [])"
-    labels = "namespaceObject.metadata.labels"
-    os_selector = f"{spec}.nodeSelector"
-    windows = literal(OperatingSystem.WINDOWS.value)
+    spec, inits, apps, volumes = SPEC, INITS, APPS, VOLUMES
     token_path = literal(SERVICE_ACCOUNT_MOUNT_PATH)
     moduli, bases = REVISION_MODULI, REVISION_BASES
     powers = [[pow(base, i, modulus) for i in range(max(len(compiled), 1))]
@@ -390,21 +420,7 @@ def injection(policies: PolicySet, *, kube_version: tuple[int, int] | None, stat
     variables += [
         {"name": "table", "expression": table},
         {"name": "chosen", "expression": "variables.requested.distinct()"},
-        {"name": "ownNames", "expression": f"{inits}.map(c, c.name) + {apps}.map(c, c.name)"},
-        {"name": "ownVolumes", "expression": f"{volumes}.map(v, v.name)"},
-        {"name": "keptByWebhook", "expression": " || ".join([
-            # too large for the CEL cost limits (1,000,000 per variable), see `Limits`
-            f"size({inits}) + size({apps}) > {limits.containers}",
-            f"{apps}.map(c, has(c.env) ? size(c.env) : 0).sum() > {limits.env}",
-            f"({inits} + {apps}).map(c, has(c.volumeMounts) ? size(c.volumeMounts) : 0).sum() "
-            f"> {limits.mounts}",
-            f"has({spec}.resources)",
-            f"(has({spec}.os) && {spec}.os.name == {windows})",
-            f"(has({os_selector}) && {literal(OS_LABEL)} in {os_selector} && "
-            f"{os_selector}[{literal(OS_LABEL)}] == {windows})",
-            f"(has({labels}) && {literal(ENFORCE_LABEL)} in {labels} && "
-            f"{labels}[{literal(ENFORCE_LABEL)}] != {literal(Level.PRIVILEGED.value)})",
-        ])},
+        *pod_variables(limits),
         {"name": "injectable", "expression": (
             "size(variables.requested) > 0 && variables.requested.all(n, n in variables.table) "
             "&& !variables.keptByWebhook && !variables.chosen.exists(p, "
@@ -567,3 +583,78 @@ def injection(policies: PolicySet, *, kube_version: tuple[int, int] | None, stat
     variables.append({"name": "injection",
                       "expression": " + ".join(f"variables.{name}" for name in parts)})
     return Injection(variables, uncompiled)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """Variables and a validation for the deny ValidatingAdmissionPolicy."""
+
+    variables: list[Obj]
+    validation: Obj
+
+
+def clash_denial(policies: PolicySet, *, inject_key: str) -> Check:
+    """`--on-conflict deny`: the denial of a pod whose container or volume names clash with a
+    chosen policy's, or two chosen policies' names clash, with the webhook's message
+    (webhook.render `clashes`, `_Names`). It judges what the engine policy left unstamped: the
+    pod as its author wrote it, as the webhook saw it. Pods the engine policy leaves to the
+    webhook are not judged: the webhook decides them (and, in hybrid mode, denied them first)."""
+    compiled, _ = compilable(policies)
+    names = "{" + ", ".join(
+        f"{literal(p.name)}: " + record(adds=literal(p.init_container_names + p.sidecar_names),
+                                        vols=literal(p.volume_names))
+        for p in compiled) + "}"
+    at = "variables.chosen[variables.clashAt[0]]"
+    earlier = "variables.chosen.slice(0, variables.clashAt[0])"
+    found = ("size(variables.clashes) > 0 ? variables.clashes[0] : "
+             "variables.volumeClashes[0]")
+
+    def theirs(kind: str, part: str) -> str:
+        return (f"\"{kind} '\" + variables.clashName + \"' of injection policy '\" + {earlier}"
+                f".filter(q, variables.clashName in variables.clashNames[q].{part})[0] + \"'\"")
+
+    def ours(kind: str) -> str:
+        return f"\"the pod's {kind} '\" + variables.clashName + \"'\""
+
+    pod = "namespaceObject.metadata.name + '/' + object.metadata.name"
+    variables = [
+        {"name": "clashNames", "expression": names},
+        {"name": "chosen", "expression": "variables.requested.distinct()"},
+        *pod_variables(Limits.of(compiled)),
+        {"name": "judged", "expression": (
+            "!variables.leftToWebhook && variables.skip == '' && size(variables.unknown) == 0 "
+            "&& size(variables.requested) > 0 && variables.requested.all(n, n in "
+            "variables.clashNames) && !variables.keptByWebhook")},
+        {"name": "clashAt", "expression": (
+            "lists.range(size(variables.chosen)).filter(j, variables.clashNames["
+            "variables.chosen[j]].adds.exists(n, n in variables.ownNames || "
+            "variables.chosen.slice(0, j).exists(q, n in variables.clashNames[q].adds)) || "
+            "variables.clashNames[variables.chosen[j]].vols.exists(n, n in variables.ownVolumes "
+            "|| variables.chosen.slice(0, j).exists(q, n in variables.clashNames[q].vols)))")},
+        {"name": "clashes", "expression": (
+            f"variables.clashNames[{at}].adds.filter(n, n in variables.ownNames || "
+            f"{earlier}.exists(q, n in variables.clashNames[q].adds))")},
+        {"name": "volumeClashes", "expression": (
+            f"variables.clashNames[{at}].vols.filter(n, n in variables.ownVolumes || "
+            f"{earlier}.exists(q, n in variables.clashNames[q].vols))")},
+        {"name": "clashName", "expression": found},
+        # as webhook.render._Names words it: the pod's containers, then its init containers
+        {"name": "clashWith", "expression": (
+            f"size(variables.clashes) > 0 ? ({APPS}.exists(c, c.name == variables.clashName) ? "
+            f"{ours('container')} : {INITS}.exists(c, c.name == variables.clashName) ? "
+            f"{ours('init container')} : {theirs('container', 'adds')}) : ("
+            f"variables.clashName in variables.ownVolumes ? {ours('volume')} : "
+            f"{theirs('volume', 'vols')})")},
+    ]
+    message = (
+        f"'pod ' + {pod} + ': injection policy \\'' + {at} + '\\' adds ' + "
+        "(size(variables.clashes) > 0 ? 'container' : 'volume') + ' \\'' + "
+        "variables.clashName + '\\', which clashes with ' + variables.clashWith + "
+        f"'; rename one of them or leave \\'' + {at} + '\\' out of the ' + "
+        f"{literal(inject_key)} + ' annotation'")
+    return Check(variables, {
+        "expression": "!variables.judged || size(variables.clashAt) == 0",
+        "messageExpression": message,
+        "message": ("an injection policy's container or volume names clash with the pod's; see "
+                    f"the {inject_key} annotation"),
+        "reason": "Forbidden"})

@@ -144,6 +144,16 @@ LEFT_TO_THE_WEBHOOK = [
     Case("python-only-space", {INJECT: "false\x1f"}),
     Case("quoted-unknown-name", {INJECT: "it's"}),
 ]
+#: Pods `--on-conflict deny` (the default) denies for a name clash.
+CLASHES = [
+    Case("clash-with-own-container", {INJECT: "metrics-exporter, logging"}, spec={
+        "containers": [{"name": "app", "image": "nginx:1.27"},
+                       {"name": "logging-agent", "image": "nginx:1.27"}]}),
+    Case("clash-with-own-init-container", {INJECT: "wait-for-database"}, spec={
+        "initContainers": [{"name": "wait-for-database", "image": "busybox:1.37"}]}),
+    Case("clash-with-own-volume", {INJECT: "logging"}, spec={
+        "volumes": [{"name": "logging-config", "emptyDir": {}}]}),
+]
 #: Pods `--strict` denies for naming an unknown policy, and pods it still skips.
 STRICT = [
     Case("strict-unknown", {INJECT: "nope"}),
@@ -228,12 +238,15 @@ def outcome(create: Create, case: Case, denier: str) -> Outcome:
 
 @contextmanager
 def compiled(plane: ControlPlane, kube: Kube, stream: str, *, strict: bool = False,
-             ) -> Iterator[None]:
-    """The compiled objects applied (and in effect), deleted after."""
+             clashes: bool = False) -> Iterator[None]:
+    """The compiled objects applied (and in effect: with `clashes`, the clash denial too, which
+    only shows without the webhook, as the webhook denies first), deleted after."""
     kubectl(plane, "apply", "-f", "-", stdin=stream)
     try:
         probe = kube.ensure_namespace("compiled-probe", labels={INJECT: "enabled"})
-        wait_for(lambda: (_denied_by_policy if strict else _stamped_by_policy)(kube, probe), 60,
+        wait_for(lambda: _denied_by_policy(kube, probe) if strict else (
+            _stamped_by_policy(kube, probe)
+            and (not clashes or _clash_denied_by_policy(kube, probe))), 60,
                  "the compiled policies to take effect")
         yield
     finally:
@@ -252,6 +265,16 @@ def _stamped_by_policy(kube: Kube, namespace: str) -> bool:
     # warning policy's, says the engine policy stamped it
     return ("unknown-policy" in (pod["metadata"].get("annotations") or {}).get(STATUS, "")
             and len(warnings) == 1 and VAP_WARNING.match(warnings[0]) is not None)
+
+
+def _clash_denied_by_policy(kube: Kube, namespace: str) -> bool:
+    clash = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "logging"},
+                         containers=[{"name": "logging-agent", "image": "nginx:1.27"}])
+    try:
+        kube.create_pod(namespace, clash, dry_run=True)
+    except ApiException as exc:
+        return "ValidatingAdmissionPolicy" in str(exc.body)
+    return False
 
 
 def _denied_by_policy(kube: Kube, namespace: str) -> bool:
@@ -369,6 +392,24 @@ if MINOR >= MINIMUM_MINOR:
                             r".*logging.*", denied[2]), denied
         assert [alone[case.name][0] for case in STRICT] == [
             "denied", "denied", "denied", "admitted", "admitted"]
+
+    def test_clashes_are_denied_through_both_engines_alike(
+        control_plane: ControlPlane, kube: Kube, register: Register, create: Create,
+    ) -> None:
+        register("Fail")
+        by_webhook = {case.name: outcome(create, case, "admission webhook") for case in CLASHES}
+        with without_the_webhook(kube, register), \
+                compiled(control_plane, kube, compile_stream(), clashes=True):
+            alone = {case.name: outcome(create, case, "ValidatingAdmissionPolicy")
+                     for case in CLASHES}
+        for case in CLASHES:
+            assert alone[case.name] == by_webhook[case.name], case.name
+        assert [result[:2] for result in alone.values()] == [("denied", 403)] * len(CLASHES)
+        assert re.fullmatch(
+            r"pod compiled-clash-with-own-container-\w+/pod-clash-with-own-container: "
+            r"injection policy 'logging' adds container 'logging-agent', which clashes with the "
+            r"pod's container 'logging-agent'; rename one of them or leave 'logging' out of the "
+            rf"{INJECT} annotation", alone["clash-with-own-container"][2])
 
     def test_check_cluster_finds_the_api_served(control_plane: ControlPlane) -> None:
         result = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--check-cluster",

@@ -118,7 +118,8 @@ def test_the_compiled_selection_decides_as_the_engine(
                           left=left_to_the_webhook([inject or "", namespace_policies or ""],
                                                    variables["unknown"]))
     else:
-        assert "sidecar-injector-deny" not in made
+        # only --on-conflict deny's clash denial (tests/unit/test_compiled_injection.py)
+        assert len(made["sidecar-injector-deny"]["spec"]["validations"]) == 1
     warn = made["sidecar-injector-warn"]["spec"]
     stamp = (skipped_status(decision) if decision not in ("", INJECTED)
              else "injected, or left to the webhook")
@@ -137,7 +138,7 @@ def _check_the_denial(deny: dict[str, Any], data: dict[str, Any], expected: obje
     """The deny policy runs after the engine policy stamped every pod it skips: it denies what
     the engine denies, with its message, unless the pod is left to the webhook."""
     variables = run_variables(deny, data)
-    (validation,) = deny["validations"]
+    validation, _clash = deny["validations"]  # --strict's, then --on-conflict deny's
     assert validation["reason"] == "Forbidden"
     admits = evaluate(validation["expression"], {**data, "variables": variables})
     if isinstance(expected, Deny) and not left:
@@ -213,7 +214,8 @@ def test_no_pod_opt_in_binds_opted_in_namespaces_only() -> None:
     config = EngineConfig()
     compiled = compile_policies(POLICIES, config, Target(pod_opt_in=False))
     bindings = [o["metadata"]["name"] for o in compiled.objects if o["kind"].endswith("Binding")]
-    assert bindings == ["sidecar-injector-namespace", "sidecar-injector-warn-namespace"]
+    assert bindings == ["sidecar-injector-namespace", "sidecar-injector-warn-namespace",
+                        "sidecar-injector-deny-namespace"]
 
 
 def test_invalid_policies_are_the_same_file_line_errors_as_check(tmp_path: Path) -> None:

@@ -26,12 +26,13 @@ from webhook.keys import Keys
 from webhook.podsecurity import ENFORCE_LABEL, parse_level
 from webhook.policy import SERVICE_ACCOUNT_MOUNT_PATH, PolicySet, load_policy_dir
 from webhook.render import OnConflict
-from webhook.selection import Inject, Selection, parse_policy_list
+from webhook.selection import Deny, Inject, Selection, parse_policy_list
 
 KEYS = Keys()
 NAMESPACE = "shop"
 OWN = "sidecar-injector"
 TOKEN = "kube-api-access-x1y2z"
+STATUS_KEY = KEYS.status
 
 #: What the shipped policies do not show: classic sidecars, init containers last, pull
 #: secrets, pod labels, mounts for some containers only, placeholders in expanded strings (the
@@ -74,6 +75,17 @@ spec:
     - {name: regcred}
     - {name: mirror}
 """,
+    "second-agent": """\
+apiVersion: sidecar.company.com/v1alpha1
+kind: InjectionPolicy
+metadata:
+  name: second-agent
+spec:
+  containers:
+    - {name: logging-agent, image: "fluent/fluent-bit:3.2.4"}
+  volumes:
+    - {name: scratch, emptyDir: {}}
+""",
     "native-first": """\
 apiVersion: sidecar.company.com/v1alpha1
 kind: InjectionPolicy
@@ -109,11 +121,13 @@ def policies(tmp_path_factory: pytest.TempPathFactory) -> PolicySet:
     return load_policy_dir(directory)
 
 
-def engine_spec(policies: PolicySet, config: EngineConfig) -> dict[str, Any]:
+def engine_spec(policies: PolicySet, config: EngineConfig,
+                name: str = "sidecar-injector") -> dict[str, Any]:
+    """The spec of the compiled object `name` (the engine policy, or `...-deny`)."""
     compiled = compile_policies(policies, config, Target(own_namespace=OWN))
     assert compiled.uncompiled == []
-    spec: dict[str, Any] = compiled.objects[0]["spec"]
-    return spec
+    (spec,) = [obj["spec"] for obj in compiled.objects if obj["metadata"]["name"] == name]
+    return dict(spec)
 
 
 def compiled_ops(spec: dict[str, Any], pod: dict[str, Any],
@@ -150,7 +164,7 @@ APP_NAMES = ["app", "web", "worker"]
 PATHS = ["/var/log/app", "/var/log/app/", "/var/log/application", "/scratch", "/scratch//",
          "/scratchpad", "/data", "/"]
 #: the policies whose env vars, mounts, annotations and pull secrets overlap, asked for often
-OVERLAPPING = ["logging", "classic-last", "native-first", "metrics-exporter"]
+OVERLAPPING = ["logging", "classic-last", "native-first", "metrics-exporter", "second-agent"]
 ENV_NAMES = ["LOG_DIR", "NOTE", "STATSD_HOST", "OWN"]
 TEXT = st.sampled_from(["web", "we$b", "$(HOME)", "a\"b", "ünï", ""])
 
@@ -259,10 +273,12 @@ def test_the_compiled_policy_injects_as_the_engine(
 
 
 def test_a_pod_asking_for_every_policy_gets_what_the_webhook_gives(policies: PolicySet) -> None:
+    """Every policy but second-agent, whose names clash with logging's and classic-last's."""
+    every = [name for name in reversed(policies.names()) if name != "second-agent"]
     config = EngineConfig(selection=Selection(keys=KEYS, own_namespace=OWN))
     pod = {"metadata": {"generateName": "web-7d9f-", "namespace": NAMESPACE,
                         "labels": {"app": "a$(HOME)"},
-                        "annotations": {KEYS.inject: ",".join(reversed(policies.names())),
+                        "annotations": {KEYS.inject: ",".join(every),
                                         "note": "$x"}},
            "spec": {"serviceAccountName": "orders", "containers": [
                {"name": "app", "image": "app:1", "volumeMounts": [
@@ -275,7 +291,7 @@ def test_a_pod_asking_for_every_policy_gets_what_the_webhook_gives(policies: Pol
     after = applied(pod, ops)
     assert after == applied(pod, outcome.patch)
     status = json.loads(after["metadata"]["annotations"][KEYS.status])
-    assert status["policies"] == list(reversed(policies.names()))
+    assert status["policies"] == every
     helper = next(c for c in after["spec"]["containers"] if c["name"] == "helper")
     assert helper["args"][0] == "$$x"  # expanded by the kubelet: the pod's `$` stays literal
     assert {"name": TOKEN, "readOnly": True, "mountPath": SERVICE_ACCOUNT_MOUNT_PATH} in (
@@ -361,3 +377,72 @@ def test_a_pod_too_large_for_the_cel_cost_limits_is_the_webhooks(
     variables = run_variables(engine_spec(policies, config),
                               {"object": pod, "namespaceObject": namespace}, ("decision",))
     assert variables["decision"] == ("" if over else INJECT)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_deny_policy_denies_what_clashes_as_the_engine(
+    policies: PolicySet, data: st.DataObject,
+) -> None:
+    """--on-conflict deny: the deny policy judges the pods the engine policy left unstamped,
+    and denies those the engine denies for a name clash, with its message."""
+    names = policies.names()
+    config = EngineConfig(selection=Selection(keys=KEYS, default_policies=("logging",),
+                                              own_namespace=OWN))
+    pod = data.draw(pods(names))
+    # validating admission sees the generated name of a generateName pod, the webhook does not
+    pod["metadata"].setdefault("name", "web-7d9f-x1y2z")
+    namespace = data.draw(namespaces(names))
+    _, ops = compiled_ops(engine_spec(policies, config), pod, namespace)
+    outcome = engine_outcome(policies, config, pod, namespace)
+    if ops or STATUS_KEY in pod["metadata"].get("annotations", {}):
+        return  # stamped by the engine policy: the deny policy's matchCondition leaves it
+    deny = engine_spec(policies, config, "sidecar-injector-deny")
+    scope = {"object": pod, "namespaceObject": namespace}
+    variables = run_variables(deny, scope)
+    (validation,) = deny["validations"]
+    admitted = evaluate(validation["expression"], {**scope, "variables": variables})
+    if not admitted:
+        assert isinstance(outcome.decision, Deny)
+        assert evaluate(validation["messageExpression"], {**scope, "variables": variables}) == (
+            outcome.message)
+    elif isinstance(outcome.decision, Deny):
+        assert kept_by_the_webhook(pod, namespace)  # the webhook's to deny
+
+
+@pytest.mark.parametrize(("requested", "apps", "inits", "volumes", "clash"), [
+    ("logging", ["app", "logging-agent"], [], [], "container 'logging-agent', which clashes "
+     "with the pod's container 'logging-agent'"),
+    ("classic-last", ["app"], ["setup"], [], "container 'setup', which clashes with the pod's "
+     "init container 'setup'"),
+    ("logging,classic-last", ["app"], [], ["scratch"], "volume 'scratch', which clashes with "
+     "the pod's volume 'scratch'"),
+    ("logging,second-agent", ["app"], [], [], "container 'logging-agent', which clashes with "
+     "container 'logging-agent' of injection policy 'logging'"),
+    ("classic-last,second-agent", ["app"], [], [], "volume 'scratch', which clashes with volume "
+     "'scratch' of injection policy 'classic-last'"),
+])
+def test_each_kind_of_clash_is_denied_with_the_webhooks_words(
+    policies: PolicySet, requested: str, apps: list[str], inits: list[str],
+    volumes: list[str], clash: str,
+) -> None:
+    config = EngineConfig(selection=Selection(keys=KEYS, own_namespace=OWN))
+    spec: dict[str, Any] = {"containers": [{"name": n, "image": "app:1"} for n in apps]}
+    if inits:
+        spec["initContainers"] = [{"name": n, "image": "init:1"} for n in inits]
+    if volumes:
+        spec["volumes"] = [{"name": n, "emptyDir": {}} for n in volumes]
+    pod = {"metadata": {"name": "web", "namespace": NAMESPACE,
+                        "annotations": {KEYS.inject: requested}}, "spec": spec}
+    namespace = {"metadata": {"name": NAMESPACE, "labels": {KEYS.inject: "enabled"}}}
+    outcome = engine_outcome(policies, config, pod, namespace)
+    assert outcome.message is not None
+    assert clash in outcome.message
+    assert compiled_ops(engine_spec(policies, config), pod, namespace) == ("", [])
+    deny = engine_spec(policies, config, "sidecar-injector-deny")
+    scope = {"object": pod, "namespaceObject": namespace}
+    variables = run_variables(deny, scope)
+    (validation,) = deny["validations"]
+    assert not evaluate(validation["expression"], {**scope, "variables": variables})
+    assert evaluate(validation["messageExpression"], {**scope, "variables": variables}) == (
+        outcome.message)
