@@ -13,15 +13,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-import jsonpatch
 
 from webhook import __version__
 from webhook.certs import generate as generate_certs
 from webhook.compiled import Target, compile_policies
-from webhook.engine import EngineConfig, mutate
+from webhook.engine import sample_pod_security
 from webhook.errors import CertificateError, InputError, PolicyError, SuiteError
 from webhook.offline import inject_text
-from webhook.podsecurity import Level, compliant_pod, new_violations
+from webhook.podsecurity import Level
 from webhook.policy import PolicySet, load_policy_dir, policy_schema
 from webhook.policytest import (
     failure_text,
@@ -367,20 +366,8 @@ def _labels(text: str | None) -> dict[str, str] | None:
 
 def _pod_security_problems(loaded: PolicySet, level: Level) -> list[str]:
     """Inject each policy alone into a pod that meets `level`; what that adds, per policy."""
-    config = EngineConfig()
-    problems = []
-    for name in loaded.names():
-        policy = loaded[name]
-        pod = compliant_pod(level, annotations={config.selection.keys.inject: name})
-        outcome = mutate(pod, namespace="pod-security-check", policies=loaded, config=config)
-        if outcome.policies != (name,):
-            problems.append(f"{policy.source}: policy {name} could not be injected into a "
-                            f"sample pod: {outcome.message or outcome.result}")
-            continue
-        injected = jsonpatch.apply_patch(pod, outcome.patch)
-        problems += [f"{policy.source}: policy {name} breaks Pod Security level {level}: "
-                     f"{violation}" for violation in new_violations(pod, injected, level)]
-    return problems
+    return [f"{loaded[name].source}: {problem}" for name in loaded.names()
+            for problem in sample_pod_security(loaded, name, level)]
 
 
 @policies.command()

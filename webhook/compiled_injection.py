@@ -16,10 +16,11 @@ the same rules as `webhook.patch.injection_patch`: a real CEL implementation eva
 map into a `JSONPatch`, is Kubernetes' own.
 
 What the webhook keeps (a pod the compiled policy leaves unstamped, `injectable` false): a pod
-whose names clash with a policy's (or two chosen policies' names clash), one with pod-level
-`spec.resources` (the envelope arithmetic needs quantities CEL cannot print), a Windows pod, one
-in a namespace that enforces a Pod Security level (the checks run on the whole pod), and any pod
-that asks for a policy this module cannot compile (`reason`).
+whose names clash with a policy's (or two chosen policies' names clash: `clash_denial` denies it
+as the webhook does under `--on-conflict deny`), one with pod-level `spec.resources` (the
+envelope arithmetic needs quantities CEL cannot print), a Windows pod, one in a namespace whose
+Pod Security level a chosen policy may break (`pod_security`), one too large for the CEL cost
+limits (`Limits`), and any pod that asks for a policy this module cannot compile (`reason`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 
 from jsonpointer import escape
 
+from webhook.engine import sample_pod_security
 from webhook.platform import OS_LABEL, OperatingSystem
 from webhook.podsecurity import ENFORCE_LABEL, Level
 from webhook.policy import (
@@ -211,9 +213,9 @@ def reason(policy: CompiledPolicy) -> str | None:
 
 
 def table_entry(policy: CompiledPolicy, kube_version: tuple[int, int] | None, status_key: str,
-                clashing: list[str]) -> str:
+                clashing: list[str], security: str = "{}") -> str:
     """`policy` as one CEL constant; `clashing`: the other compiled policies that add a
-    container or volume of the same name."""
+    container or volume of the same name; `security`: `pod_security(policy)`."""
     inits, natives, classics = policy.variants[(False, False)]
     native = sidecars_native(policy, kube_version)
     ahead = [*inits, *natives] if native else list(inits)
@@ -253,12 +255,24 @@ def table_entry(policy: CompiledPolicy, kube_version: tuple[int, int] | None, st
         lbl=metadata(policy.pod_labels, "/metadata/labels"),
         pull=listed([record(name=literal(n), nameJ=literal(_json(n)))
                      for n in policy.pull_secrets]),
-        d1=str(d1), d2=str(d2),
+        d1=str(d1), d2=str(d2), security=security,
     )
     if len(entry) > MAX_POLICY_CEL:
         raise CannotCompileError(f"it is {len(entry):,} characters of CEL, more than one "
                                  f"expression may hold ({MAX_POLICY_CEL:,} here)")
     return entry
+
+
+def pod_security(policies: PolicySet, name: str) -> str:
+    """A CEL map: for each enforced Pod Security level, whether the webhook always lets the
+    policy in (it breaks nothing in a sample pod with no pod-level settings, whose container is
+    hardened on its own: so the policy's additions are hardened on their own too, and add no
+    violation to any pod). False: the webhook decides such pods (it refuses the policy where
+    it would break what the pod meets)."""
+    admitted = {level: not sample_pod_security(policies, name, level)
+                for level in (Level.BASELINE, Level.RESTRICTED)}
+    return "{" + ", ".join(f"{literal(level.value)}: {'true' if ok else 'false'}"
+                           for level, ok in admitted.items()) + "}"
 
 
 def _clashes(policies: list[CompiledPolicy]) -> dict[str, list[str]]:
@@ -343,8 +357,9 @@ VOLUMES = f"(has({SPEC}.volumes) ? {SPEC}.volumes : [])"
 
 
 def pod_variables(limits: Limits) -> list[Obj]:
-    """The pod's own names, and whether the pod is the webhook's to decide (`keptByWebhook`):
-    too large for the CEL cost limits, pod-level resources, Windows, a Pod Security level."""
+    """The pod's own names, whether the pod is the webhook's to decide (`keptByWebhook`: too
+    large for the CEL cost limits, pod-level resources, Windows), and the Pod Security level
+    its namespace enforces."""
     labels = "namespaceObject.metadata.labels"
     os_selector = f"{SPEC}.nodeSelector"
     windows = literal(OperatingSystem.WINDOWS.value)
@@ -361,10 +376,22 @@ def pod_variables(limits: Limits) -> list[Obj]:
             f"(has({SPEC}.os) && {SPEC}.os.name == {windows})",
             f"(has({os_selector}) && {literal(OS_LABEL)} in {os_selector} && "
             f"{os_selector}[{literal(OS_LABEL)}] == {windows})",
-            f"(has({labels}) && {literal(ENFORCE_LABEL)} in {labels} && "
-            f"{labels}[{literal(ENFORCE_LABEL)}] != {literal(Level.PRIVILEGED.value)})",
         ])},
+        # the Pod Security level the namespace enforces ('': none); an invalid value is
+        # enforced as restricted (webhook.podsecurity.parse_level)
+        {"name": "securityLevel", "expression": (
+            f"!(has({labels}) && {literal(ENFORCE_LABEL)} in {labels}) || "
+            f"{labels}[{literal(ENFORCE_LABEL)}] == {literal(Level.PRIVILEGED.value)} ? '' : "
+            f"{labels}[{literal(ENFORCE_LABEL)}] == {literal(Level.BASELINE.value)} ? "
+            f"{literal(Level.BASELINE.value)} : {literal(Level.RESTRICTED.value)}")},
     ]
+
+
+def kept_for_security(table: str) -> str:
+    """Whether a chosen policy may break the namespace's Pod Security level (`pod_security`):
+    the webhook then decides the pod."""
+    return (f"variables.securityLevel != '' && variables.chosen.exists(p, "
+            f"!{table}[p].security[variables.securityLevel])")
 
 
 def compilable(policies: PolicySet) -> tuple[list[CompiledPolicy], dict[str, str]]:
@@ -383,7 +410,8 @@ def injection(policies: PolicySet, *, kube_version: tuple[int, int] | None, stat
     limits = Limits.of(compiled)
     variables: list[Obj] = [
         {"name": f"policy{index}",
-         "expression": table_entry(policy, kube_version, status_key, clashing[policy.name])}
+         "expression": table_entry(policy, kube_version, status_key, clashing[policy.name],
+                                   pod_security(policies, policy.name))}
         for index, policy in enumerate(compiled)]
     table = "{" + ", ".join(f"{literal(p.name)}: variables.policy{i}"
                             for i, p in enumerate(compiled)) + "}"
@@ -423,7 +451,8 @@ def injection(policies: PolicySet, *, kube_version: tuple[int, int] | None, stat
         *pod_variables(limits),
         {"name": "injectable", "expression": (
             "size(variables.requested) > 0 && variables.requested.all(n, n in variables.table) "
-            "&& !variables.keptByWebhook && !variables.chosen.exists(p, "
+            "&& !variables.keptByWebhook && !(" + kept_for_security("variables.table") + ") "
+            "&& !variables.chosen.exists(p, "
             "variables.table[p].adds.exists(n, n in variables.ownNames) || "
             "variables.table[p].vols.exists(n, n in variables.ownVolumes) || "
             "variables.table[p].clashWith.exists(q, q in variables.chosen))")},
@@ -602,7 +631,8 @@ def clash_denial(policies: PolicySet, *, inject_key: str) -> Check:
     compiled, _ = compilable(policies)
     names = "{" + ", ".join(
         f"{literal(p.name)}: " + record(adds=literal(p.init_container_names + p.sidecar_names),
-                                        vols=literal(p.volume_names))
+                                        vols=literal(p.volume_names),
+                                        security=pod_security(policies, p.name))
         for p in compiled) + "}"
     at = "variables.chosen[variables.clashAt[0]]"
     earlier = "variables.chosen.slice(0, variables.clashAt[0])"
@@ -624,7 +654,8 @@ def clash_denial(policies: PolicySet, *, inject_key: str) -> Check:
         {"name": "judged", "expression": (
             "!variables.leftToWebhook && variables.skip == '' && size(variables.unknown) == 0 "
             "&& size(variables.requested) > 0 && variables.requested.all(n, n in "
-            "variables.clashNames) && !variables.keptByWebhook")},
+            "variables.clashNames) && !variables.keptByWebhook && !("
+            + kept_for_security("variables.clashNames") + ")")},
         {"name": "clashAt", "expression": (
             "lists.range(size(variables.chosen)).filter(j, variables.clashNames["
             "variables.chosen[j]].adds.exists(n, n in variables.ownNames || "

@@ -28,7 +28,7 @@ import jsonpointer
 from webhook.keys import OPT_IN, Keys
 from webhook.patch import Operation, injection_patch, removal_patch, serialize, stamp_patch
 from webhook.platform import pod_os
-from webhook.podsecurity import Level, new_violations
+from webhook.podsecurity import Level, compliant_pod, new_violations
 from webhook.policy import CompiledPolicy, PolicySet
 from webhook.render import (
     InvalidPodError,
@@ -227,6 +227,21 @@ def _pod_security_problems(pod: dict[str, Any], view: PodView, chosen: Sequence[
                 f"the namespace's Pod Security level {level.value!r}: "
                 + "; ".join(map(str, found)))))
     return problems
+
+
+def sample_pod_security(policies: PolicySet, name: str, level: Level) -> list[str]:
+    """What injecting policy `name` alone into a pod that meets `level` breaks (a pod with no
+    pod-level settings, podsecurity.compliant_pod, so that what is added must be hardened on its
+    own), one line each; a line saying why when it cannot be injected there at all."""
+    config = EngineConfig()
+    pod = compliant_pod(level, annotations={config.selection.keys.inject: name})
+    outcome = mutate(pod, namespace="pod-security-check", policies=policies, config=config)
+    if outcome.policies != (name,):
+        return [f"policy {name} could not be injected into a sample pod: "
+                f"{outcome.message or outcome.result}"]
+    injected = jsonpatch.apply_patch(pod, outcome.patch)
+    return [f"policy {name} breaks Pod Security level {level}: {violation}"
+            for violation in new_violations(pod, injected, level)]
 
 
 def unmutate(pod: Any, *, namespace: str, config: EngineConfig) -> list[Operation]:

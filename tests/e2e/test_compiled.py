@@ -126,6 +126,14 @@ INJECTED = [
              "volumeMounts": [{"name": "own-logs", "mountPath": "/var/log/app/"}]},
             {"name": "second", "image": "nginx:1.27"}],
         "volumes": [OWN_LOGS], "imagePullSecrets": [{"name": "own-secret"}]}),
+    # every shipped policy is hardened on its own (webhook.compiled_injection.pod_security)
+    Case("pod-security-baseline", namespace_labels={
+        "pod-security.kubernetes.io/enforce": "baseline"}),
+    Case("pod-security-restricted", {INJECT: "logging,wait-for-database"}, spec={
+        "containers": [{"name": "app", "image": "nginx:1.27", "securityContext": {
+            "runAsNonRoot": True, "runAsUser": 101, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}}]},
+         namespace_labels={"pod-security.kubernetes.io/enforce": "restricted"}),
     Case("no-token", {INJECT: "logging,auth-proxy"},
          spec={"automountServiceAccountToken": False}),
     Case("own-annotations-and-labels-win", {INJECT: "logging,auth-proxy",
@@ -138,8 +146,6 @@ LEFT_TO_THE_WEBHOOK = [
     Case("pod-level-resources", spec={"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}),
     Case("windows", spec={"os": {"name": "windows"}}),
     Case("over-the-cost-limits", {INJECT: EVERY_POLICY}, spec=large(2, LIMITS.env // 2 + 1, 1)),
-    Case("pod-security-baseline", namespace_labels={
-        "pod-security.kubernetes.io/enforce": "baseline"}),
     Case("huge-annotation", {INJECT: ",".join(["nope"] * 200)}),
     Case("python-only-space", {INJECT: "false\x1f"}),
     Case("quoted-unknown-name", {INJECT: "it's"}),

@@ -158,12 +158,10 @@ def test_literals_are_cel_strings_lists_and_maps() -> None:
 RESTRICTED = """\
 apiVersion: sidecar.company.com/v1alpha1
 kind: InjectionPolicy
-metadata:
-  name: vault-agent
+metadata: {name: vault-agent}
 spec:
   namespaceSelector: {matchLabels: {team: payments}}
-  initContainers:
-    - {name: vault-agent, image: "hashicorp/vault:1.18"}
+  initContainers: [{name: vault-agent, image: "hashicorp/vault:1.18"}]
 """
 
 
@@ -179,12 +177,12 @@ def test_compile_names_each_policy_it_cannot_compile_and_exits_1(
     assert result.stderr.splitlines() == [
         "warning: POD_NAMESPACE is not set, so only the system namespaces are excluded: set it "
         "to the webhook's namespace (the chart's release namespace)",
-        f"error: {directory / 'restricted.yaml'}:4: policy 'vault-agent': spec.namespaceSelector "
+        f"error: {directory / 'restricted.yaml'}:3: policy 'vault-agent': spec.namespaceSelector "
         "is not compiled yet; `--hybrid` leaves its pods to the webhook"]
     hybrid = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--policies",
                                       str(directory)])
     assert hybrid.exit_code == 0, hybrid.output
-    assert (f"left to the webhook: {directory / 'restricted.yaml'}:4: policy 'vault-agent'"
+    assert (f"left to the webhook: {directory / 'restricted.yaml'}:3: policy 'vault-agent'"
             in hybrid.stderr)
 
 

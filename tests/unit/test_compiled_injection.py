@@ -21,12 +21,19 @@ from tests.celeval import evaluate, run_variables
 from tests.conftest import SHIPPED_POLICIES
 from webhook.compiled import Target, compile_policies
 from webhook.compiled_injection import INJECT, Limits, value
-from webhook.engine import EngineConfig, Outcome, mutate
+from webhook.engine import EngineConfig, Outcome, mutate, sample_pod_security
 from webhook.keys import Keys
-from webhook.podsecurity import ENFORCE_LABEL, parse_level
+from webhook.podsecurity import ENFORCE_LABEL, Level, parse_level
 from webhook.policy import SERVICE_ACCOUNT_MOUNT_PATH, PolicySet, load_policy_dir
 from webhook.render import OnConflict
-from webhook.selection import Deny, Inject, Selection, parse_policy_list
+from webhook.selection import (
+    Deny,
+    Inject,
+    Selection,
+    Skip,
+    parse_policy_list,
+    requested_policies,
+)
 
 KEYS = Keys()
 NAMESPACE = "shop"
@@ -74,6 +81,17 @@ spec:
   imagePullSecrets:
     - {name: regcred}
     - {name: mirror}
+""",
+    "privileged-agent": """\
+apiVersion: sidecar.company.com/v1alpha1
+kind: InjectionPolicy
+metadata:
+  name: privileged-agent
+spec:
+  containers:
+    - name: node-agent
+      image: "busybox:1.37"
+      securityContext: {privileged: true}
 """,
     "second-agent": """\
 apiVersion: sidecar.company.com/v1alpha1
@@ -164,9 +182,18 @@ APP_NAMES = ["app", "web", "worker"]
 PATHS = ["/var/log/app", "/var/log/app/", "/var/log/application", "/scratch", "/scratch//",
          "/scratchpad", "/data", "/"]
 #: the policies whose env vars, mounts, annotations and pull secrets overlap, asked for often
-OVERLAPPING = ["logging", "classic-last", "native-first", "metrics-exporter", "second-agent"]
+OVERLAPPING = ["logging", "classic-last", "native-first", "metrics-exporter", "second-agent",
+               "privileged-agent"]
 ENV_NAMES = ["LOG_DIR", "NOTE", "STATSD_HOST", "OWN"]
 TEXT = st.sampled_from(["web", "we$b", "$(HOME)", "a\"b", "ünï", ""])
+HARDENED = {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = st.sampled_from([None, None, HARDENED, {"privileged": True},
+                                      {"runAsUser": 0}, {"runAsNonRoot": False}])
+POD_SECURITY = st.sampled_from([None, None, {"runAsNonRoot": True}, {"runAsNonRoot": False},
+                                {"runAsUser": 0}, {"seccompProfile": {"type": "Unconfined"}},
+                                {"seccompProfile": {"type": "RuntimeDefault"},
+                                 "runAsNonRoot": True}])
 
 
 def _without_empties(data: dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +212,8 @@ def containers(draw: st.DrawFn, names: list[str], token: bool) -> list[dict[str,
             mounts.append({"name": TOKEN, "readOnly": True,
                            "mountPath": SERVICE_ACCOUNT_MOUNT_PATH})
         made.append(_without_empties({"name": name, "image": f"{name}:1", "env": env,
-                                      "volumeMounts": mounts}))
+                                      "volumeMounts": mounts,
+                                      "securityContext": draw(CONTAINER_SECURITY)}))
     return made
 
 
@@ -224,6 +252,7 @@ def pods(draw: st.DrawFn, policy_names: list[str]) -> dict[str, Any]:
         "containers": draw(containers(apps, token)),
         "volumes": volumes,
         "imagePullSecrets": [{"name": "regcred"}] if draw(st.booleans()) else [],
+        "securityContext": draw(POD_SECURITY),
         "os": {"name": "windows"} if draw(st.integers(0, 9)) == 0 else None,
         "resources": {"limits": {"cpu": "2"}} if draw(st.integers(0, 9)) == 0 else None,
     })
@@ -244,11 +273,21 @@ def namespaces(draw: st.DrawFn, policy_names: list[str]) -> dict[str, Any]:
                                           "annotations": annotations})}
 
 
-def kept_by_the_webhook(pod: dict[str, Any], namespace: dict[str, Any]) -> bool:
-    """The pods webhook.compiled_injection leaves to the webhook on purpose."""
+def kept_by_the_webhook(pod: dict[str, Any], namespace: dict[str, Any],
+                        policies: PolicySet, config: EngineConfig) -> bool:
+    """The pods webhook.compiled_injection leaves to the webhook on purpose: pod-level
+    resources, Windows, and a Pod Security level one of the requested policies may break."""
     spec = pod["spec"]
-    level = namespace["metadata"].get("labels", {}).get(ENFORCE_LABEL)
-    return "resources" in spec or "os" in spec or level not in (None, "privileged")
+    level = parse_level(namespace["metadata"].get("labels", {}).get(ENFORCE_LABEL))
+    requested = requested_policies(pod["metadata"], namespace=NAMESPACE,
+                                   settings=config.selection,
+                                   namespace_policies=parse_policy_list(namespace["metadata"].get(
+                                       "annotations", {}).get(KEYS.policies, "")))
+    if isinstance(requested, Skip):
+        requested = ()
+    risky = level in (Level.BASELINE, Level.RESTRICTED) and any(
+        sample_pod_security(policies, name, level) for name in requested if name in policies)
+    return "resources" in spec or "os" in spec or risky
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -269,7 +308,7 @@ def test_the_compiled_policy_injects_as_the_engine(
     elif isinstance(outcome.decision, Inject) and not outcome.warnings:
         # the engine injects with nothing to say: only a pod kept on purpose is not compiled's
         assert decision == ""
-        assert kept_by_the_webhook(pod, namespace)
+        assert kept_by_the_webhook(pod, namespace, policies, config)
 
 
 def test_a_pod_asking_for_every_policy_gets_what_the_webhook_gives(policies: PolicySet) -> None:
@@ -407,7 +446,7 @@ def test_the_deny_policy_denies_what_clashes_as_the_engine(
         assert evaluate(validation["messageExpression"], {**scope, "variables": variables}) == (
             outcome.message)
     elif isinstance(outcome.decision, Deny):
-        assert kept_by_the_webhook(pod, namespace)  # the webhook's to deny
+        assert kept_by_the_webhook(pod, namespace, policies, config)  # the webhook's to deny
 
 
 @pytest.mark.parametrize(("requested", "apps", "inits", "volumes", "clash"), [
