@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ from webhook.policy import (
     REVISION_MODULI,
     SERVICE_ACCOUNT_MOUNT_PATH,
     CompiledPolicy,
+    Expanded,
     FieldPath,
     PolicySet,
     Position,
@@ -53,7 +54,6 @@ from webhook.policy import (
 from webhook.render import SERVICE_ACCOUNT_VOLUME_PREFIX, sidecars_native
 
 Obj = dict[str, Any]
-Expanded = Callable[[FieldPath], bool]
 #: the decision of the engine policy for a pod it injects (the others are skip reasons)
 INJECT = "inject"
 #: a JSON patch value passes through float64 in the apiserver (structpb)

@@ -139,12 +139,19 @@ def policies(tmp_path_factory: pytest.TempPathFactory) -> PolicySet:
     return load_policy_dir(directory)
 
 
+_COMPILED: dict[tuple[int, EngineConfig], list[dict[str, Any]]] = {}
+
+
 def engine_spec(policies: PolicySet, config: EngineConfig,
                 name: str = "sidecar-injector") -> dict[str, Any]:
-    """The spec of the compiled object `name` (the engine policy, or `...-deny`)."""
-    compiled = compile_policies(policies, config, Target(own_namespace=OWN))
-    assert compiled.uncompiled == []
-    (spec,) = [obj["spec"] for obj in compiled.objects if obj["metadata"]["name"] == name]
+    """The spec of the compiled object `name` (the engine policy, or `...-deny`), compiled
+    once per policy set and configuration."""
+    key = (id(policies), config)
+    if key not in _COMPILED:
+        compiled = compile_policies(policies, config, Target(own_namespace=OWN))
+        assert compiled.uncompiled == []
+        _COMPILED[key] = compiled.objects
+    (spec,) = [obj["spec"] for obj in _COMPILED[key] if obj["metadata"]["name"] == name]
     return dict(spec)
 
 
