@@ -296,6 +296,19 @@ def _denied_by_policy(kube: Kube, namespace: str) -> bool:
     return False
 
 
+def policy_errors(plane: ControlPlane) -> dict[str, float]:
+    """The engine policy's checks that ended in an error, by error type (the apiserver's
+    `apiserver_mutating_admission_policy_check_total`)."""
+    errors: dict[str, float] = {}
+    for line in plane.metrics().splitlines():
+        if line.startswith("apiserver_mutating_admission_policy_check_total{"):
+            labels, _, count = line.rpartition(" ")
+            kind = re.search(r'error_type="([^"]*)"', labels)
+            if kind and kind[1] != "no_error" and 'policy="sidecar-injector"' in labels:
+                errors[kind[1]] = errors.get(kind[1], 0.0) + float(count)
+    return errors
+
+
 @contextmanager
 def without_the_webhook(kube: Kube, register: Register) -> Iterator[None]:
     kube.delete_mutating_webhook(CONFIG_NAME)
@@ -347,10 +360,13 @@ if MINOR >= MINIMUM_MINOR:
         by_webhook: dict[str, tuple[dict[str, Any], list[str]]],
     ) -> None:
         register("Fail")
+        before = policy_errors(control_plane)
         with compiled(control_plane, kube, compile_stream("--hybrid")):
             both = {case.name: create(case) for case in EVERY_CASE}
         for case in EVERY_CASE:
             assert both[case.name] == by_webhook[case.name], case.name
+        # with --hybrid the engine policy fails open (the webhook then decides): it never did
+        assert policy_errors(control_plane) == before
         injected = json.loads(both["named"][0]["metadata"]["annotations"][STATUS])
         assert injected["policies"] == ["wait-for-database", "logging"]
 
