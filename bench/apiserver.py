@@ -116,7 +116,7 @@ class WebhookStats:
 
     calls: float
     count: float  # observations of the duration histogram
-    lowest: float  # observations in its lowest bucket (for a policy: up to the webhooks' bound)
+    lowest: float  # observations in its lowest bucket (for a policy: its first bound >= 1 ms)
     bound: float  # that bucket's upper bound, seconds
     total: float  # the sum of the observed durations, seconds
 

@@ -5,14 +5,16 @@ The design (docs/research/mutating-admission-policy.md): one engine MutatingAdmi
 whole set, because the apiserver runs policies in no fixed order, with one JSONPatch mutation; two
 bindings that mirror the chart's two webhook entries (namespace opt-in, pod-label opt-in); and a
 ValidatingAdmissionPolicy with the `Warn` action for the warnings the webhook returns; and, with
-`--strict`, one with the `Deny` action for the pods the webhook denies.
+`--strict` or `--on-conflict deny` (the default), one with the `Deny` action for the pods the
+webhook denies.
 
 What is compiled: selection (the pod's annotation, the namespace's default policies, the global
 defaults, opt-out) and every decision that skips the pod (`opted-out`, `no-policies`,
 `unknown-policy`), with the webhook's exact stamp and warning; `--strict`'s denial of a pod that
-names an unknown policy, with its exact message and status code (403); and injection
-(webhook.compiled_injection). A pod whose annotations the two could read differently (see
-MAX_TEXT, PYTHON_ONLY_SPACE, PLAIN_NAME) is left to the webhook, as are the pods
+names an unknown policy and `--on-conflict deny`'s of a name clash, with their exact messages and
+status code (403); and injection (webhook.compiled_injection). A pod whose annotations the two
+could read differently (see MAX_TEXT, PYTHON_ONLY_SPACE, PLAIN_NAME) is left to the webhook, as
+are the pods
 webhook.compiled_injection does not inject itself, and those that ask for a policy it cannot
 compile: such a policy is reported, with its file and the reason, and `--hybrid` leaves its pods
 to the webhook. That split is safe: the compiled policy runs before any webhook, and a pod it
@@ -33,7 +35,14 @@ from typing import Any
 import yaml
 from jsonpointer import escape
 
-from webhook.compiled_injection import INJECT, clash_denial, injection, literal, record
+from webhook.compiled_injection import (
+    INJECT,
+    Compilable,
+    clash_denial,
+    injection,
+    literal,
+    record,
+)
 from webhook.engine import EngineConfig
 from webhook.keys import OPT_IN, OPT_OUT, SYSTEM_NAMESPACES, USE_DEFAULTS
 from webhook.policy import PolicySet, revision
@@ -74,6 +83,8 @@ class Compiled:
 
     objects: list[Obj]
     uncompiled: list[Uncompiled]
+    #: the pods the compiled policies leave to the webhook whatever policies they ask for
+    left_pods: list[str]
 
     def yaml(self) -> str:
         return yaml.safe_dump_all(self.objects, sort_keys=False, width=100)
@@ -93,8 +104,8 @@ class Target:
 
 def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) -> Compiled:
     """The engine MutatingAdmissionPolicy, the warning ValidatingAdmissionPolicy (and with
-    `--strict` the denying one) and their bindings for `policies` under `config`; every policy
-    is listed as not compiled (yet)."""
+    `--strict` or `--on-conflict deny` the denying one) and their bindings for `policies` under
+    `config`, and the policies that could not be compiled."""
     cel = _Cel(policies, config)
     uncompiled = [Uncompiled(name, policies[name].source, why)
                   for name, why in cel.uncompiled.items()]
@@ -145,7 +156,7 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
                         "messageExpression": cel.unknown_denial,
                         "message": cel.unknown_denial_fallback, "reason": "Forbidden"})
     if config.on_conflict == "deny":
-        clash = clash_denial(policies, inject_key=config.selection.keys.inject)
+        clash = clash_denial(cel.compilable, inject_key=config.selection.keys.inject)
         denials.append(clash.validation)
         variables += clash.variables
     if denials:
@@ -161,7 +172,14 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
             objects.append(_binding("ValidatingAdmissionPolicyBinding",
                                     policy["metadata"]["name"], suffix, labels,
                                     {**selectors, "validationActions": [action]}))
-    return Compiled(objects, uncompiled)
+    risky = [name for name, levels in cel.compilable.security.items() if "false" in levels]
+    left_pods = ["pods with pod-level spec.resources", "Windows pods",
+                 "pods too large for the CEL cost limits",
+                 *(["name clashes under --on-conflict skip"]
+                   if config.on_conflict == "skip" else []),
+                 *([f"pods in a namespace enforcing a Pod Security level that "
+                    f"{', '.join(map(repr, risky))} may break"] if risky else [])]
+    return Compiled(objects, uncompiled, left_pods)
 
 
 def _settings(policies: PolicySet, config: EngineConfig) -> str:
@@ -261,14 +279,15 @@ class _Cel:
             # the skip the selection decides ('': none, or left to the webhook)
             {"name": "skip", "expression": f"variables.leftToWebhook ? '' : {decision}"},
         ]
-        injecting = injection(policies, kube_version=config.kube_version,
-                              status_key=keys.status)
-        self.uncompiled = injecting.uncompiled
+        self.compilable = Compilable.of(policies)
+        self.uncompiled = self.compilable.uncompiled
         head, tail = _around(skipped_status(HOLE[0]), HOLE[0])
         stamp = f"{literal(head)} + variables.decision + {literal(tail)}"
         status = literal(f"/metadata/annotations/{escape(keys.status)}")
         self.engine_variables = [
-            *self.variables, *injecting.variables,
+            *self.variables,
+            *injection(self.compilable, kube_version=config.kube_version,
+                       status_key=keys.status),
             {"name": "decision", "expression": (
                 f"variables.skip != '' || variables.leftToWebhook ? variables.skip : "
                 f"variables.injectable ? {literal(INJECT)} : ''")},

@@ -26,6 +26,7 @@ limits (`Limits`), and any pod that asks for a policy this module cannot compile
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from webhook.policy import (
     container_expansion,
     env_expansion,
 )
-from webhook.render import SERVICE_ACCOUNT_VOLUME_PREFIX, sidecars_native
+from webhook.render import SERVICE_ACCOUNT_VOLUME_PREFIX, same_path, sidecars_native
 
 Obj = dict[str, Any]
 #: the decision of the engine policy for a pod it injects (the others are skip reasons)
@@ -92,6 +93,8 @@ def value(data: Any) -> str:
                                      "value in the apiserver (a float64) cannot hold exactly")
         return str(data)
     if isinstance(data, float):
+        if not math.isfinite(data):
+            raise CannotCompileError(f"the number {data} has no JSON form")
         return repr(data) if re.search("[.en]", repr(data)) else f"{data!r}.0"
     if isinstance(data, str):
         return literal(data)
@@ -206,14 +209,14 @@ def reason(policy: CompiledPolicy) -> str | None:
     if OperatingSystem.LINUX not in policy.systems:
         return "a policy for Windows pods only is not compiled yet"
     try:
-        table_entry(policy, None, "", [])
+        table_entry(policy, None, "", [], literal({}))
     except CannotCompileError as exc:
         return str(exc)
     return None
 
 
 def table_entry(policy: CompiledPolicy, kube_version: tuple[int, int] | None, status_key: str,
-                clashing: list[str], security: str = "{}") -> str:
+                clashing: list[str], security: str) -> str:
     """`policy` as one CEL constant; `clashing`: the other compiled policies that add a
     container or volume of the same name; `security`: `pod_security(policy)`."""
     inits, natives, classics = policy.variants[(False, False)]
@@ -223,7 +226,7 @@ def table_entry(policy: CompiledPolicy, kube_version: tuple[int, int] | None, st
     back = ahead if policy.position is Position.LAST else []
     mounts = []
     for mount in policy.mounts:
-        normal = mount.mount_path.rstrip("/") or "/"
+        normal = str(same_path(mount.mount_path))
         mounts.append(_entry(
             mount.mount, all="true" if mount.containers is None else "false",
             only=literal(sorted(mount.containers or ())), norm=literal(normal),
@@ -269,10 +272,8 @@ def pod_security(policies: PolicySet, name: str) -> str:
     hardened on its own: so the policy's additions are hardened on their own too, and add no
     violation to any pod). False: the webhook decides such pods (it refuses the policy where
     it would break what the pod meets)."""
-    admitted = {level: not sample_pod_security(policies, name, level)
-                for level in (Level.BASELINE, Level.RESTRICTED)}
-    return "{" + ", ".join(f"{literal(level.value)}: {'true' if ok else 'false'}"
-                           for level, ok in admitted.items()) + "}"
+    return literal({level.value: not sample_pod_security(policies, name, level)
+                    for level in (Level.BASELINE, Level.RESTRICTED)})
 
 
 def _clashes(policies: list[CompiledPolicy]) -> dict[str, list[str]]:
@@ -318,14 +319,6 @@ MAX_CONTAINERS = 500
 MAX_OWN = 20_000
 #: the share of a variable's cost limit (1,000,000) the limits are made for
 COST_SHARE = 500_000
-
-
-@dataclass(frozen=True, slots=True)
-class Injection:
-    """The variables of the engine policy that inject, and what could not be compiled."""
-
-    variables: list[Obj]
-    uncompiled: dict[str, str]
 
 
 def _op(op: str, path: str, data: str) -> str:
@@ -394,24 +387,35 @@ def kept_for_security(table: str) -> str:
             f"!{table}[p].security[variables.securityLevel])")
 
 
-def compilable(policies: PolicySet) -> tuple[list[CompiledPolicy], dict[str, str]]:
-    """The policies that compile, in name order, and why each other one does not."""
-    uncompiled = {name: why for name in policies.names()
-                  if (why := reason(policies[name])) is not None}
-    return [policies[name] for name in policies.names() if name not in uncompiled], uncompiled
+@dataclass(frozen=True, slots=True)
+class Compilable:
+    """The policies that compile, in name order, with their `pod_security` maps; why each
+    other one does not."""
+
+    policies: list[CompiledPolicy]
+    security: dict[str, str]
+    uncompiled: dict[str, str]
+
+    @classmethod
+    def of(cls, policies: PolicySet) -> Compilable:
+        uncompiled = {name: why for name in policies.names()
+                      if (why := reason(policies[name])) is not None}
+        names = [name for name in policies.names() if name not in uncompiled]
+        return cls([policies[name] for name in names],
+                   {name: pod_security(policies, name) for name in names}, uncompiled)
 
 
-def injection(policies: PolicySet, *, kube_version: tuple[int, int] | None, status_key: str,
-              ) -> Injection:
+def injection(compilable: Compilable, *, kube_version: tuple[int, int] | None,
+              status_key: str) -> list[Obj]:
     """The variables that decide whether the engine policy injects a pod (`injectable`) and
     build its patch as data (`injection`)."""
-    compiled, uncompiled = compilable(policies)
+    compiled = compilable.policies
     clashing = _clashes(compiled)
     limits = Limits.of(compiled)
     variables: list[Obj] = [
         {"name": f"policy{index}",
          "expression": table_entry(policy, kube_version, status_key, clashing[policy.name],
-                                   pod_security(policies, policy.name))}
+                                   compilable.security[policy.name])}
         for index, policy in enumerate(compiled)]
     table = "{" + ", ".join(f"{literal(p.name)}: variables.policy{i}"
                             for i, p in enumerate(compiled)) + "}"
@@ -611,7 +615,7 @@ def injection(policies: PolicySet, *, kube_version: tuple[int, int] | None, stat
     variables += [{"name": name, "expression": expression} for name, expression in parts.items()]
     variables.append({"name": "injection",
                       "expression": " + ".join(f"variables.{name}" for name in parts)})
-    return Injection(variables, uncompiled)
+    return variables
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,17 +626,17 @@ class Check:
     validation: Obj
 
 
-def clash_denial(policies: PolicySet, *, inject_key: str) -> Check:
+def clash_denial(compilable: Compilable, *, inject_key: str) -> Check:
     """`--on-conflict deny`: the denial of a pod whose container or volume names clash with a
     chosen policy's, or two chosen policies' names clash, with the webhook's message
     (webhook.render `clashes`, `_Names`). It judges what the engine policy left unstamped: the
     pod as its author wrote it, as the webhook saw it. Pods the engine policy leaves to the
     webhook are not judged: the webhook decides them (and, in hybrid mode, denied them first)."""
-    compiled, _ = compilable(policies)
+    compiled = compilable.policies
     names = "{" + ", ".join(
         f"{literal(p.name)}: " + record(adds=literal(p.init_container_names + p.sidecar_names),
                                         vols=literal(p.volume_names),
-                                        security=pod_security(policies, p.name))
+                                        security=compilable.security[p.name])
         for p in compiled) + "}"
     at = "variables.chosen[variables.clashAt[0]]"
     earlier = "variables.chosen.slice(0, variables.clashAt[0])"

@@ -251,23 +251,23 @@ def _render_mounts(pod: PodView, chosen: Sequence[CompiledPolicy], substitute: _
                    out: Rendered, status: dict[str, Any]) -> None:
     for index, container in enumerate(pod.containers):
         name = container["name"]
-        used = {_same_path(m.get("mountPath")) for m in container.get("volumeMounts") or []
+        used = {same_path(m.get("mountPath")) for m in container.get("volumeMounts") or []
                 if isinstance(m, dict)}
         added = []
         for policy in chosen:
             for mount in policy.mounts:
                 if mount.containers is not None and name not in mount.containers:
                     continue
-                if _same_path(mount.mount_path) in used:
+                if same_path(mount.mount_path) in used:
                     continue
-                used.add(_same_path(mount.mount_path))
+                used.add(same_path(mount.mount_path))
                 added.append(mount)
         if added:
             out.mounts[index] = [substitute(m.mount) for m in added]
             status["volumeMounts"][name] = [m.mount_path for m in added]
 
 
-def _same_path(path: object) -> object:
+def same_path(path: object) -> object:
     """`/var/log/app/` and `/var/log/app` are one mount point."""
     return path.rstrip("/") or "/" if isinstance(path, str) else path
 
