@@ -299,13 +299,16 @@ def check(directory: Path, pod_security: str | None) -> None:
 def compile_command(*, name: str, failure_policy: str | None, pod_opt_in: bool, hybrid: bool,
                     check_cluster: bool, **serve_flags: Any) -> None:
     """Write the policy set as admission policies the apiserver runs itself (Kubernetes 1.36+):
-    a MutatingAdmissionPolicy, a ValidatingAdmissionPolicy for warnings (with --strict one more
-    for denials), and their bindings, as a YAML stream for `kubectl apply -f -`. The webhook's
-    own namespace comes from POD_NAMESPACE, as for `serve`.
+    a MutatingAdmissionPolicy, a ValidatingAdmissionPolicy for warnings (with --strict or
+    --on-conflict deny, the default, one more for denials), and their bindings, as a YAML stream
+    for `kubectl apply -f -`. The webhook's own namespace comes from POD_NAMESPACE, as for
+    `serve`.
 
     What cannot be compiled is named on stderr, one line each (file: policy: reason), and exits
     1; with --hybrid the rest is written, and the pods that need what was not compiled are left
-    to the webhook (exit 0). Invalid policies: file:line errors, exit 1.
+    to the webhook (exit 0). Without --hybrid, one warning line names the kinds of pods left to
+    the webhook whatever they ask for (pod-level resources, Windows, ...). Invalid policies:
+    file:line errors, exit 1.
     """
     settings = _settings(serve_flags, "invalid option")
     if check_cluster:
@@ -329,6 +332,9 @@ def compile_command(*, name: str, failure_policy: str | None, pod_opt_in: bool, 
         click.echo(f"{'left to the webhook' if hybrid else 'error'}: {left}", err=True)
     if compiled.uncompiled and not hybrid:
         sys.exit(EXIT_DENIED)
+    if not hybrid:  # these depend on the pod, not on a policy: not an error, but not compiled
+        click.echo(f"warning: left to the webhook, and admitted uninjected without one: "
+                   f"{'; '.join(compiled.left_pods)} (docs/spec.md)", err=True)
     click.echo(compiled.yaml(), nl=False)
 
 

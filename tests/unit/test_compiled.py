@@ -190,8 +190,36 @@ def test_every_shipped_policy_compiles() -> None:
     result = CliRunner().invoke(cli, ["policies", "compile", "--policies", str(SHIPPED_POLICIES)],
                                 env={"POD_NAMESPACE": "sidecar-injector"})
     assert result.exit_code == 0, result.output
-    assert result.stderr == ""
+    assert result.stderr.splitlines() == [
+        "warning: left to the webhook, and admitted uninjected without one: pods with pod-level "
+        "spec.resources; Windows pods; pods too large for the CEL cost limits (docs/spec.md)"]
     assert "kind: MutatingAdmissionPolicy\n" in result.stdout
+
+
+def test_compile_names_the_pods_it_leaves_to_the_webhook_whatever_they_ask_for(
+    write_policies: WritePolicies,
+) -> None:
+    """A policy that may break a Pod Security level, and --on-conflict skip's clashes."""
+    directory = write_policies(privileged="""\
+        apiVersion: sidecar.company.com/v1alpha1
+        kind: InjectionPolicy
+        metadata: {name: node-agent}
+        spec:
+          containers:
+            - {name: node-agent, image: "busybox:1.37", securityContext: {privileged: true}}
+        """)
+    result = CliRunner().invoke(cli, ["policies", "compile", "--policies", str(directory),
+                                      "--on-conflict", "skip"],
+                                env={"POD_NAMESPACE": "sidecar-injector"})
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "warning: left to the webhook, and admitted uninjected without one: pods with pod-level "
+        "spec.resources; Windows pods; pods too large for the CEL cost limits; name clashes under "
+        "--on-conflict skip; pods in a namespace enforcing a Pod Security level that "
+        "'node-agent' may break (docs/spec.md)"]
+    hybrid = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--policies",
+                                      str(directory)], env={"POD_NAMESPACE": "sidecar-injector"})
+    assert hybrid.stderr == ""
 
 
 def test_hybrid_writes_the_objects_and_says_what_is_left_to_the_webhook(
