@@ -63,7 +63,8 @@ class ServerProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, *, until: str = "/readyz") -> None:
+        """Start, and wait until `until` answers 200 (/healthz: serving, ready or not)."""
         if self.running:
             return
         handle = self.log.open("ab")
@@ -82,7 +83,7 @@ class ServerProcess:
                     raise RuntimeError(f"serve exited with {self.process.returncode}:\n"
                                        + self.log.read_text(errors="replace")[-3000:])
                 try:
-                    if client.get(self.url("/readyz")).status_code == 200:
+                    if client.get(self.url(until)).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass

@@ -105,6 +105,17 @@ def _serve_option(name: str, **kwargs: Any) -> Decorator:
 @_serve_option("--events/--no-events",
                help="Record Events on the owners of pods skipped or denied (needs create and "
                     "patch on events) [default: on, with cluster access].")
+@_serve_option("--engine", type=click.Choice(["webhook", "admission-policy", "hybrid"]),
+               help="webhook: only answer reviews. admission-policy or hybrid (Kubernetes "
+                    "1.36+, needs cluster access): also keep the policy set, compiled as by "
+                    "`policies compile` (hybrid: `--hybrid`), applied to the cluster, at start, "
+                    "on every policy reload and every minute [default: webhook].")
+@_serve_option("--engine-name",
+               help="--engine: name of the engine admission policy (the chart's fullname); "
+                    "the others derive from it [default: sidecar-injector].")
+@_serve_option("--pod-opt-in/--no-pod-opt-in",
+               help="--engine: also bind pods labelled P/inject=enabled in plain namespaces "
+                    "(the chart's webhook.podOptIn) [default: on].")
 def serve(**flags: Any) -> None:
     """Run the HTTPS admission webhook (POST /mutate, /validate, /healthz, /readyz, /metrics).
 
@@ -340,21 +351,16 @@ def compile_command(*, name: str, failure_policy: str | None, pod_opt_in: bool, 
 
 def _check_cluster(kubeconfig: Path | None) -> None:
     """Exit 1 unless the cluster serves what `compile` writes; 2 without cluster access."""
-    from webhook.compiled import MINIMUM_MINOR  # noqa: PLC0415
     from webhook.errors import ClusterError  # noqa: PLC0415 - the client loads only here
     from webhook.kube import Cluster  # noqa: PLC0415
+    from webhook.sync import unserved  # noqa: PLC0415
 
     try:
-        cluster = Cluster(kubeconfig)
-        served = cluster.admission_resources()
-        version = cluster.version()
+        why = unserved(Cluster(kubeconfig))
     except ClusterError as exc:
         _fail(str(exc), EXIT_USAGE)
-    if "mutatingadmissionpolicies" not in served:
-        running = f"Kubernetes {version[0]}.{version[1]}" if version else "this cluster"
-        _fail(f"{cluster.host} ({running}) does not serve MutatingAdmissionPolicy in "
-              "admissionregistration.k8s.io/v1: compiled policies need Kubernetes "
-              f"1.{MINIMUM_MINOR} or newer; keep the webhook", EXIT_DENIED)
+    if why is not None:
+        _fail(why, EXIT_DENIED)
 
 
 def _labels(text: str | None) -> dict[str, str] | None:

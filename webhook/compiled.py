@@ -54,6 +54,10 @@ API_VERSION = "admissionregistration.k8s.io/v1"
 MINIMUM_MINOR = 36
 
 Obj = dict[str, Any]
+#: the ValidatingAdmissionPolicies beside the engine policy, by the suffix of their name
+CHECKS = ("warn", "deny")
+#: the bindings of each policy, by the suffix of their name: the chart's two webhook entries
+ENTRIES = ("namespace", "pod")
 #: markers where values go in a text the engine writes (plain ASCII: JSON leaves them alone)
 HOLE = ("<<hole-0>>", "<<hole-1>>")
 #: Pods the compiled policy leaves to the webhook (so that it never decides one differently):
@@ -140,7 +144,7 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
                 "spec": {"failurePolicy": failure_policy, "matchConstraints": constraints,
                          **spec, "variables": variables, "validations": validations}}
 
-    warn = validating(f"{target.name}-warn", "Ignore",  # a warning never blocks a pod
+    warn = validating(f"{target.name}-{CHECKS[0]}", "Ignore",  # a warning never blocks a pod
                       [{"expression": cel.not_skipped_unknown,
                         "messageExpression": cel.unknown_warning,
                         "message": cel.unknown_fallback}], cel.variables)
@@ -161,7 +165,7 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
         variables += clash.variables
     if denials:
         deny = validating(
-            f"{target.name}-deny", target.failure_policy, denials, variables,
+            f"{target.name}-{CHECKS[1]}", target.failure_policy, denials, variables,
             # after every mutation: a pod stamped by then (skipped, or injected by the webhook
             # in hybrid mode) is not the engine's to deny
             matchConditions=[{"name": "not-stamped", "expression": cel.not_stamped}])
@@ -180,6 +184,18 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
                  *([f"pods in a namespace enforcing a Pod Security level that "
                     f"{', '.join(map(repr, risky))} may break"] if risky else [])]
     return Compiled(objects, uncompiled, left_pods)
+
+
+def object_names(name: str) -> dict[str, list[str]]:
+    """Every object `compile_policies` may write for a target named `name`, by kind, whatever
+    the settings: what `serve --engine` owns (and deletes when a setting no longer needs it),
+    and the names the chart's RBAC grants it."""
+    policies = {"MutatingAdmissionPolicy": [name],
+                "ValidatingAdmissionPolicy": [f"{name}-{check}" for check in CHECKS]}
+    names = dict(policies)
+    for kind, owned in policies.items():
+        names[f"{kind}Binding"] = [f"{policy}-{entry}" for policy in owned for entry in ENTRIES]
+    return names
 
 
 def _settings(policies: PolicySet, config: EngineConfig) -> str:
@@ -203,8 +219,8 @@ def _entries(target: Target, config: EngineConfig) -> list[tuple[str, Obj]]:
     """The chart's two webhook entries as binding selectors: pods in an opted-in namespace
     (unless labelled out), and pods labelled in from a plain one (with `pod_opt_in`)."""
     inject = config.selection.keys.inject
-    entries = [("namespace", "In", {"key": inject, "operator": "NotIn", "values": [OPT_OUT]}),
-               ("pod", "NotIn", {"key": inject, "operator": "In", "values": [OPT_IN]})]
+    entries = [(ENTRIES[0], "In", {"key": inject, "operator": "NotIn", "values": [OPT_OUT]}),
+               (ENTRIES[1], "NotIn", {"key": inject, "operator": "In", "values": [OPT_IN]})]
     return [(name, {"matchResources": {
         "namespaceSelector": {"matchExpressions": [
             {"key": inject, "operator": operator, "values": [OPT_IN]}, _excluded(target)]},

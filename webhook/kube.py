@@ -266,6 +266,14 @@ class ApiEventSink:
 CALL_TIMEOUT = (10, 60)
 PAGE = 500
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+#: the field manager of the admission policies `serve --engine` applies
+FIELD_MANAGER = "sidecar-injector"
+#: admissionregistration.k8s.io/v1 kinds -> the client's method suffix
+ADMISSION_KINDS = {"MutatingAdmissionPolicy": "mutating_admission_policy",
+                   "MutatingAdmissionPolicyBinding": "mutating_admission_policy_binding",
+                   "ValidatingAdmissionPolicy": "validating_admission_policy",
+                   "ValidatingAdmissionPolicyBinding": "validating_admission_policy_binding"}
 
 
 class Cluster:
@@ -339,6 +347,19 @@ class Cluster:
         found = self._call("discover admissionregistration.k8s.io/v1",
                            self._admission.get_api_resources, missing_ok=True) or {}
         return {str(r.get("name")) for r in found.get("resources") or []}
+
+    def apply_admission(self, obj: dict[str, Any]) -> None:
+        """Server-side apply an admission policy or binding (created when missing), taking
+        over fields another manager changed: what `serve --engine` compiled is the truth."""
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        method = getattr(self._admission, f"patch_{ADMISSION_KINDS[kind]}")
+        self._call(f"apply {kind} {name}", method, name, obj, field_manager=FIELD_MANAGER,
+                   force=True, _content_type=APPLY_PATCH)
+
+    def delete_admission(self, kind: str, name: str) -> bool:
+        """Delete an admission policy or binding; False when there was none."""
+        method = getattr(self._admission, f"delete_{ADMISSION_KINDS[kind]}")
+        return self._call(f"delete {kind} {name}", method, name, missing_ok=True) is not None
 
     def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._call(f"read Deployment {namespace}/{name}",

@@ -38,6 +38,19 @@ class Metrics:
             ["reason"], registry=self.registry)
         for reason in ("queue-full", "forbidden", "api-error"):
             self.events_dropped.labels(reason)
+        # serve --engine admission-policy | hybrid (webhook.sync)
+        self.sync_errors = Counter(
+            "sidecar_injector_admission_policy_sync_errors",
+            "Syncs of the compiled admission policies that failed (the cluster keeps the last "
+            "applied objects).", registry=self.registry)
+        self.synced_at = Gauge(
+            "sidecar_injector_admission_policy_synced_timestamp_seconds",
+            "When the compiled admission policies were last applied (Unix time).",
+            registry=self.registry)
+        self.uncompiled = Gauge(
+            "sidecar_injector_policies_uncompiled",
+            "Served policies that cannot be compiled into admission policies.",
+            registry=self.registry)
 
     def record(self, result: str, policies: tuple[str, ...], seconds: float) -> None:
         """Count one answered review and its duration."""

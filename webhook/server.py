@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from webhook.review import ReviewError, parse_review
 from webhook.runtime import Runtime
+from webhook.sync import AdmissionPolicySync
 
 log = logging.getLogger("sidecar_injector.server")
 MUTATE_PATH = "/mutate"
@@ -102,8 +103,12 @@ async def _send_body(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(runtime: Runtime, *, max_body_bytes: int) -> MutateEndpoint:
-    """The ASGI app: `/mutate` on the fast path, FastAPI for the probes and metrics."""
+def create_app(runtime: Runtime, *, max_body_bytes: int, sync: AdmissionPolicySync | None = None,
+               ready_when_synced: bool = False) -> MutateEndpoint:
+    """The ASGI app: `/mutate` on the fast path, FastAPI for the probes and metrics. With
+    `sync` (serve --engine), /readyz shows its status; with `ready_when_synced` (the
+    admission-policy engine, where the sync is the pod's whole job) it is also ready only once
+    a sync succeeded."""
     api = FastAPI(title="sidecar-injector", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.get("/healthz")
@@ -113,9 +118,12 @@ def create_app(runtime: Runtime, *, max_body_bytes: int) -> MutateEndpoint:
     @api.get("/readyz")
     def readyz() -> JSONResponse:
         namespaces = runtime.namespaces.status if runtime.namespaces else "disabled"
-        details = {"policies": len(runtime.policies), "tls": runtime.tls_ready,
-                   "namespaceDefaults": namespaces}
+        details: dict[str, object] = {"policies": len(runtime.policies), "tls": runtime.tls_ready,
+                                      "namespaceDefaults": namespaces}
         ready = runtime.tls_ready
+        if sync is not None:
+            details["admissionPolicies"] = sync.status
+            ready = ready and (sync.synced.is_set() or not ready_when_synced)
         return JSONResponse({"ready": ready, **details}, status_code=200 if ready else 503)
 
     @api.get("/metrics")

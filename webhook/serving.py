@@ -19,14 +19,16 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from webhook import certs, logs
-from webhook.errors import CertificateError, PolicyError
+from webhook.compiled import Target
+from webhook.errors import CertificateError, ClusterError, PolicyError
 from webhook.events import EventRecorder
-from webhook.kube import ApiEventSink, NamespaceDefaults
+from webhook.kube import ApiEventSink, Cluster, NamespaceDefaults
 from webhook.policy import load_policy_dir
 from webhook.reload import Reloader, tls_context
 from webhook.runtime import Runtime
 from webhook.server import create_app
 from webhook.settings import Settings
+from webhook.sync import AdmissionPolicySync
 
 log = logging.getLogger("sidecar_injector")
 GRACEFUL_SHUTDOWN_SECONDS = 30
@@ -242,6 +244,12 @@ def run(settings: Settings) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     runtime = Runtime(policies, settings.engine_config())
+    try:
+        sync = _sync(settings, runtime)
+    except ClusterError as exc:
+        print(f"error: --engine {settings.engine} applies the compiled policies to the "
+              f"cluster: {exc}", file=sys.stderr)
+        return 2
     namespaces = NamespaceDefaults(settings.keys.policies, settings.kubeconfig,
                                    on_version=runtime.learn_kube_version)
     runtime.namespaces = namespaces
@@ -255,7 +263,10 @@ def run(settings: Settings) -> int:
     reloader = Reloader(runtime, policies=settings.policies, context=context, cert=cert, key=key,
                         interval=settings.reload_interval)
     reloader.start()
-    app = create_app(runtime, max_body_bytes=settings.max_body_bytes)
+    if sync is not None:
+        sync.start()
+    app = create_app(runtime, max_body_bytes=settings.max_body_bytes, sync=sync,
+                     ready_when_synced=settings.engine == "admission-policy")
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, ssl_context_factory=lambda *_: context,
         http=Protocol, timeout_keep_alive=KEEP_ALIVE_SECONDS,
@@ -265,18 +276,34 @@ def run(settings: Settings) -> int:
         limit_concurrency=settings.max_connections + 64,  # 503s, past the watcher's cap
     )
     log.info("serving", extra={"address": f"https://{settings.host}:{settings.port}",
-                               "policies": policies.names(), "cert": str(cert)})
+                               "policies": policies.names(), "cert": str(cert),
+                               "engine": settings.engine})
     server = _Server(config, runtime, reloader, request_timeout=settings.request_timeout,
                      max_connections=settings.max_connections)
     gc.collect()
     gc.freeze()  # the startup heap (policies, schemas, the Kubernetes client) is never garbage
     server.run()
     reloader.stop()
+    if sync is not None:
+        sync.stop()
     namespaces.stop()
     if runtime.events is not None:
         runtime.events.stop()
     log.info("stopped")
     return 0 if server.started else 1
+
+
+def _sync(settings: Settings, runtime: Runtime) -> AdmissionPolicySync | None:
+    """The sync of `--engine admission-policy | hybrid`; ClusterError without cluster access."""
+    if settings.engine == "webhook":
+        return None
+    hybrid = settings.engine == "hybrid"
+    target = Target(name=settings.engine_name,
+                    own_namespace=runtime.config.selection.own_namespace,
+                    pod_opt_in=settings.pod_opt_in,
+                    # hybrid: the webhook decides a pod the admission policy failed on
+                    failure_policy="Ignore" if hybrid else "Fail")
+    return AdmissionPolicySync(runtime, Cluster(settings.kubeconfig), target)
 
 
 def _key_pair(settings: Settings) -> tuple[Path, Path]:

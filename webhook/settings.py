@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     kube_version: str | None = None
     reload_interval: float = Field(default=2.0, gt=0)
     events: bool = True
+    engine: Literal["webhook", "admission-policy", "hybrid"] = "webhook"
+    engine_name: str = Field(default="sidecar-injector", min_length=1, max_length=200)
+    pod_opt_in: bool = True
     pod_namespace: str | None = Field(
         default=None, validation_alias=AliasChoices("POD_NAMESPACE", "pod_namespace")
     )

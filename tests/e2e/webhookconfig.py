@@ -35,9 +35,9 @@ def webhook_configuration(*, url: str, ca_bundle: str, failure_policy: str,
 
 
 @contextmanager
-def instead_of_the_suites_webhook(kube: Kube, config: dict[str, Any]) -> Iterator[None]:
-    """Register `config` as the only webhook while the block runs; put the suite's own
-    configuration back after, if it was registered."""
+def without_the_suites_webhook(kube: Kube) -> Iterator[None]:
+    """Take the suite's own webhook configuration away while the block runs; put it back after,
+    if it was registered."""
     saved: dict[str, Any] | None = None
     try:
         current = kube.plain(kube.admission.read_mutating_webhook_configuration(CONFIG_NAME))
@@ -49,10 +49,20 @@ def instead_of_the_suites_webhook(kube: Kube, config: dict[str, Any]) -> Iterato
         metadata = current["metadata"]
         saved = {**current, "metadata": {"name": metadata["name"],
                                          "labels": metadata.get("labels") or {}}}
-    kube.apply_mutating_webhook(config)
     try:
         yield
     finally:
-        kube.delete_mutating_webhook(config["metadata"]["name"])
         if saved is not None:
             kube.apply_mutating_webhook(saved)
+
+
+@contextmanager
+def instead_of_the_suites_webhook(kube: Kube, config: dict[str, Any]) -> Iterator[None]:
+    """Register `config` as the only webhook while the block runs; put the suite's own
+    configuration back after, if it was registered."""
+    with without_the_suites_webhook(kube):
+        kube.apply_mutating_webhook(config)
+        try:
+            yield
+        finally:
+            kube.delete_mutating_webhook(config["metadata"]["name"])

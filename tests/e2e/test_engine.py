@@ -1,0 +1,167 @@
+"""`serve --engine admission-policy`, a real process with the admin kubeconfig, against the real
+apiserver: it applies the compiled policy set, pods are injected by the apiserver alone (also
+once the server has stopped), a policy file changed on disk reaches the cluster without a
+restart, and a setting that no longer needs an object deletes it. Below 1.36 the server says
+why it cannot, and is not ready. (The chart's pod doing the same with its own RBAC:
+test_image.py.)"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import POLICIES, STATUS, pod_manifest
+from tests.e2e.controlplane import K8S_VERSION, ControlPlane
+from tests.e2e.kube import ApiException, Kube, wait_for
+from tests.e2e.webhookconfig import INJECT, RELEASE_NAMESPACE, without_the_suites_webhook
+from tests.serverproc import ServerProcess
+from webhook.compiled import MINIMUM_MINOR, object_names
+from webhook.kube import ADMISSION_KINDS
+
+pytestmark = pytest.mark.e2e
+MINOR = int(K8S_VERSION.lstrip("v").split(".")[1])
+NAME = "engine-e2e"
+
+
+def engine_server(plane: ControlPlane, workdir: Path, policies: Path,
+                  *extra: str) -> ServerProcess:
+    return ServerProcess(workdir, policies=policies, log=plane.logs / "engine-webhook.log",
+                         args=["--kubeconfig", str(plane.kubeconfig), "--default-policies",
+                               "logging", "--engine", "admission-policy", "--engine-name", NAME,
+                               "--reload-interval", "0.2", *extra],
+                         env={"POD_NAMESPACE": RELEASE_NAMESPACE})
+
+
+def stored(kube: Kube) -> dict[str, list[str]]:
+    """The objects of NAME in the cluster, by kind."""
+    found: dict[str, list[str]] = {}
+    for kind, names in object_names(NAME).items():
+        method = f"read_{ADMISSION_KINDS[kind]}"
+        read: Callable[[str], object] = getattr(kube.admission, method)
+        found_here = [name for name in names if kube.exists(functools.partial(read, name))]
+        if found_here:
+            found[kind] = found_here
+    return found
+
+
+def injected(kube: Kube, namespace: str, policy: str = "logging") -> dict[str, Any] | None:
+    """A pod asking for `policy`, created (dry run): the stored pod, if the compiled policy
+    injected it."""
+    body = pod_manifest(f"engine-{uuid.uuid4().hex[:6]}", annotations={INJECT: policy})
+    try:
+        pod, _ = kube.create_pod(namespace, body, dry_run=True)
+    except ApiException:
+        return None
+    stamp = (pod["metadata"].get("annotations") or {}).get(STATUS)
+    return pod if stamp and json.loads(stamp)["policies"] == [policy] else None
+
+
+def images(pod: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["image"] for c in [*pod["spec"].get("initContainers", []),
+                                            *pod["spec"]["containers"]]}
+
+
+def delete_all(kube: Kube, name: str) -> None:
+    """Delete every object `serve --engine --engine-name NAME` may have applied."""
+    for kind, names in reversed(object_names(name).items()):
+        method = f"delete_{ADMISSION_KINDS[kind]}"
+        for each in names:
+            try:
+                getattr(kube.admission, method)(each)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
+@pytest.fixture
+def alone(kube: Kube) -> Iterator[None]:
+    """No webhook on the pod path while the test runs; its objects deleted after."""
+    with without_the_suites_webhook(kube):
+        try:
+            yield
+        finally:
+            delete_all(kube, NAME)
+
+
+if MINOR >= MINIMUM_MINOR:
+
+    def test_serve_keeps_the_compiled_policies_in_the_cluster_in_step_with_its_files(
+        control_plane: ControlPlane, kube: Kube, tmp_path: Path,
+        alone: None,
+    ) -> None:
+        policies = tmp_path / "policies"
+        shutil.copytree(POLICIES, policies)
+        server = engine_server(control_plane, tmp_path, policies)
+        server.start()  # ready only once the first sync succeeded
+        try:
+            with server.client() as client:
+                ready = client.get(server.url("/readyz")).json()
+            assert ready["admissionPolicies"] == "synced"
+            assert stored(kube) == {  # --on-conflict deny (the default): the deny policy too
+                kind: names for kind, names in object_names(NAME).items()}
+            namespace = kube.ensure_namespace("engine-e2e", labels={INJECT: "enabled"})
+            wait_for(lambda: injected(kube, namespace) is not None, 60,
+                     "the apiserver to load the compiled policies")
+
+            # a policy file changed on disk (a ConfigMap update) reaches the cluster
+            logging = policies / "logging.yaml"
+            logging.write_text(logging.read_text().replace("fluent/fluent-bit:3.2.4",
+                                                           "fluent/fluent-bit:3.2.5"))
+            wait_for(lambda: (images(injected(kube, namespace) or {"spec": {"containers": []}})
+                              .get("logging-agent") == "fluent/fluent-bit:3.2.5"), 60,
+                     "the changed policy to be compiled, applied and loaded")
+        finally:
+            assert server.stop() == 0
+        # the Deployment scaled to zero: the apiserver injects on its own
+        pod = injected(kube, namespace)
+        assert pod is not None
+        assert images(pod)["logging-agent"] == "fluent/fluent-bit:3.2.5"
+
+        # a setting that no longer needs the deny policy: its objects are deleted
+        server = engine_server(control_plane, tmp_path, policies, "--on-conflict", "skip")
+        server.start()
+        try:
+            assert stored(kube) == {
+                "MutatingAdmissionPolicy": [NAME],
+                "ValidatingAdmissionPolicy": [f"{NAME}-warn"],
+                "MutatingAdmissionPolicyBinding": [f"{NAME}-namespace", f"{NAME}-pod"],
+                "ValidatingAdmissionPolicyBinding": [f"{NAME}-warn-namespace",
+                                                     f"{NAME}-warn-pod"]}
+        finally:
+            assert server.stop() == 0
+        lines = [json.loads(line) for line in server.log.read_text().splitlines()
+                 if line.startswith("{")]
+        assert [line for line in lines if line["level"] not in ("debug", "info")] == []
+        assert any(line["message"] == "admission policies synced" for line in lines)
+
+else:
+
+    def test_serve_says_this_apiserver_cannot_run_compiled_policies_and_is_not_ready(
+        control_plane: ControlPlane, kube: Kube, tmp_path: Path,
+        alone: None,
+    ) -> None:
+        server = engine_server(control_plane, tmp_path, POLICIES)
+        server.start(until="/healthz")
+        try:
+            with server.client() as client:
+                def answered() -> httpx.Response:
+                    return client.get(server.url("/readyz"))
+                wait_for(lambda: answered().json()["admissionPolicies"] != "not synced", 30,
+                         "the first sync")
+                ready = answered()
+        finally:
+            assert server.stop() == 0
+        assert ready.status_code == 503
+        assert ready.json()["admissionPolicies"] == (
+            f"failed: {control_plane.url} (Kubernetes 1.{MINOR}) does not serve "
+            "MutatingAdmissionPolicy in admissionregistration.k8s.io/v1: compiled policies "
+            "need Kubernetes 1.36 or newer; keep the webhook")
+        assert stored(kube) == {}
