@@ -14,6 +14,7 @@ from cryptography import x509
 from tests.chart.helm import CHART, helm, of_kind, render, set_args
 from tests.conftest import SHIPPED_POLICIES
 from webhook import k8s_schema
+from webhook.compiled import object_names
 from webhook.policy import load_policy_dir
 
 CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").decode()
@@ -319,3 +320,90 @@ def test_a_stopping_pod_keeps_serving_for_the_shutdown_delay(
     pre_stop = (container.get("lifecycle") or {}).get("preStop")
     assert pre_stop == ({"sleep": {"seconds": sleep}} if sleep else None)
     assert spec["terminationGracePeriodSeconds"] == int(values.get("shutdownDelaySeconds", 5)) + 30
+
+
+MAP_API = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"
+
+
+def render_engine(engine: str, values: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The chart with `engine`, rendered as for a 1.36+ cluster (which serves the v1 API)."""
+    return render({"engine": engine, **(values or {})}, kube_version="1.37.0",
+                  extra=["--api-versions", MAP_API])
+
+
+@pytest.mark.parametrize("engine", ["admission-policy", "hybrid"])
+def test_the_compiled_engines_fit_the_strict_kubernetes_schema(engine: str) -> None:
+    # (`helm lint` takes no --api-versions, so it cannot render these engines)
+    for obj in render_engine(engine):
+        validator = k8s_schema.object_validator(obj["kind"], obj["apiVersion"])
+        assert [e.message for e in validator.iter_errors(obj)] == [], obj["kind"]
+
+
+def test_with_engine_admission_policy_nothing_is_on_the_pod_path() -> None:
+    objects = render_engine("admission-policy")
+    assert of_kind(objects, "MutatingWebhookConfiguration") == []
+    # what the apiserver runs comes from the server's sync, never from the chart
+    assert of_kind(objects, "MutatingAdmissionPolicy") == []
+    (deployment,) = of_kind(objects, "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--engine=admission-policy" in args
+    assert "--engine-name=release-sidecar-injector" in args
+    assert "--no-pod-opt-in" not in args
+    (guard,) = of_kind(objects, "ValidatingAdmissionPolicy")
+    assert "compiled admission policy did not inject it" in guard["spec"]["validations"][0][
+        "message"]
+
+
+def test_with_engine_hybrid_the_webhook_gets_only_pods_the_policies_did_not_stamp() -> None:
+    (config,) = of_kind(render_engine("hybrid"), "MutatingWebhookConfiguration")
+    hooks = {hook["name"].split(".")[0]: hook for hook in config["webhooks"]}
+    assert set(hooks) == {"namespace", "pod"}
+    for hook in hooks.values():
+        (condition,) = hook["matchConditions"]
+        assert condition["name"] == "not-stamped"
+        assert "'sidecar.company.com/status' in object.metadata.annotations" in (
+            condition["expression"])
+    assert "matchConditions" not in webhooks()["pod"]
+
+
+@pytest.mark.parametrize("values", [{}, {"events.enabled": "false"}])
+def test_the_compiled_engines_may_write_only_the_objects_the_server_owns(
+    values: dict[str, str],
+) -> None:
+    (role,) = of_kind(render_engine("admission-policy", values), "ClusterRole")
+    granted = {rule["resources"][0]: rule for rule in role["rules"]
+               if rule["apiGroups"] == ["admissionregistration.k8s.io"]}
+    resources = {"MutatingAdmissionPolicy": "mutatingadmissionpolicies",
+                 "MutatingAdmissionPolicyBinding": "mutatingadmissionpolicybindings",
+                 "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+                 "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings"}
+    owned = object_names("release-sidecar-injector")
+    assert set(granted) == {resources[kind] for kind in owned}
+    for kind, names in owned.items():
+        rule = granted[resources[kind]]
+        assert rule["resourceNames"] == names
+        assert rule["verbs"] == ["create", "patch", "delete"]
+    (webhook_role,) = of_kind(render(values), "ClusterRole")
+    assert [r for r in webhook_role["rules"] if "resourceNames" in r] == []
+
+
+def test_without_pod_opt_in_the_server_compiles_none() -> None:
+    (deployment,) = of_kind(render_engine("admission-policy", {"webhook.podOptIn": "false"}),
+                            "Deployment")
+    assert "--no-pod-opt-in" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize("engine", ["admission-policy", "hybrid"])
+def test_a_cluster_without_the_v1_api_refuses_the_compiled_engines(engine: str) -> None:
+    result = helm("template", "release", str(CHART), "--set", f"engine={engine}",
+                  "--kube-version", "1.35.4", check=False)
+    assert result.returncode != 0
+    assert (f"engine: {engine} needs Kubernetes 1.36 or newer (MutatingAdmissionPolicy in "
+            "admissionregistration.k8s.io/v1), and this cluster (Kubernetes v1.35.4)") in (
+        result.stderr)
+
+
+def test_an_unknown_engine_is_refused_by_the_schema() -> None:
+    result = helm("template", "release", str(CHART), "--set", "engine=cel", check=False)
+    assert result.returncode != 0
+    assert "engine" in result.stderr

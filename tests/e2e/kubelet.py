@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Mapping
@@ -197,6 +198,26 @@ class Kubelet:
             return _atomic_dir(target, files, volume["projected"].get("defaultMode", 0o644))
         raise Unsupported(f"volume {volume['name']}: {sorted(set(volume) - {'name'})}")
 
+    def refresh(self, pod: Obj, volume_name: str) -> None:
+        """Show a running container the ConfigMap of its volume `volume_name` as it is now, as
+        the kubelet's periodic sync does: the AtomicWriter's swap of `..data` to a new
+        timestamped directory, then the top-level links of new keys, old ones removed."""
+        (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == volume_name]
+        source = volume["configMap"]
+        target: Path = self.workdir / pod["metadata"]["name"] / volume_name
+        files = _items(self._config_map(pod["metadata"]["namespace"], source["name"]), source)
+        old = (target / "..data").readlink()
+        stamp = _write_timestamped(target, files, source.get("defaultMode", 0o644))
+        (target / "..data_tmp").symlink_to(stamp)
+        (target / "..data_tmp").rename(target / "..data")  # rename(2): atomic
+        tops = {path.split("/", 1)[0] for path in files}
+        for entry in target.iterdir():
+            if not entry.name.startswith("..") and entry.name not in tops:
+                entry.unlink()
+        for top in tops - {entry.name for entry in target.iterdir()}:
+            (target / top).symlink_to(f"..data/{top}")
+        shutil.rmtree(target / old)
+
     def _config_map(self, namespace: str, name: str) -> dict[str, bytes]:
         found = self.kube.plain(self.kube.core.read_namespaced_config_map(name, namespace))
         return {k: v.encode() for k, v in (found.get("data") or {}).items()}
@@ -240,6 +261,15 @@ def _items(files: Mapping[str, bytes], source: Obj) -> dict[str, bytes]:
 def _atomic_dir(target: Path, files: Mapping[str, bytes], mode: int) -> Path:
     """The kubelet's AtomicWriter layout: `..<timestamp>/` holds the files, `..data` links to
     it, and each top-level name links through `..data`."""
+    stamp = _write_timestamped(target, files, mode)
+    (target / "..data").symlink_to(stamp)
+    for top in {path.split("/", 1)[0] for path in files}:
+        (target / top).symlink_to(f"..data/{top}")
+    return target
+
+
+def _write_timestamped(target: Path, files: Mapping[str, bytes], mode: int) -> str:
+    """`files` in a new `..<timestamp>` directory of `target`; its name."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("..%Y_%m_%d_%H_%M_%S.%f")
     (target / stamp).mkdir(parents=True)
     for path, content in files.items():
@@ -247,10 +277,7 @@ def _atomic_dir(target: Path, files: Mapping[str, bytes], mode: int) -> Path:
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_bytes(content)
         file.chmod(mode)
-    (target / "..data").symlink_to(stamp)
-    for top in {path.split("/", 1)[0] for path in files}:
-        (target / top).symlink_to(f"..data/{top}")
-    return target
+    return stamp
 
 
 def _field(pod: Obj, path: str) -> str:

@@ -61,13 +61,14 @@ def kubectl(plane: ControlPlane, *args: str, stdin: str = "") -> subprocess.Comp
                           input=stdin, capture_output=True, text=True, check=False)
 
 
-def create_tls_secret(kube: Kube, directory: Path) -> str:
+def create_tls_secret(kube: Kube, directory: Path, *, service: str = FULLNAME,
+                      namespace: str = NAMESPACE, secret: str = TLS_SECRET) -> str:
     """A kubernetes.io/tls Secret from `certs generate`; the base64 CA bundle."""
-    generate_certs(directory, service=FULLNAME, namespace=NAMESPACE)
+    generate_certs(directory, service=service, namespace=namespace)
     data = {name: base64.b64encode((directory / name).read_bytes()).decode()
             for name in ("tls.crt", "tls.key", "ca.crt")}
-    kube.core.create_namespaced_secret(NAMESPACE, {
-        "metadata": {"name": TLS_SECRET}, "type": "kubernetes.io/tls", "data": data})
+    kube.core.create_namespaced_secret(namespace, {
+        "metadata": {"name": secret}, "type": "kubernetes.io/tls", "data": data})
     return data["ca.crt"]
 
 

@@ -68,3 +68,31 @@ tlsCert: {{ $cert.Cert | b64enc }}
 tlsKey: {{ $cert.Key | b64enc }}
 {{- end -}}
 {{- end -}}
+
+{{/*
+engine admission-policy or hybrid: fail unless the cluster serves MutatingAdmissionPolicy in
+admissionregistration.k8s.io/v1 (Kubernetes 1.36+). `helm template` knows no cluster: pass
+--api-versions admissionregistration.k8s.io/v1/MutatingAdmissionPolicy.
+*/}}
+{{- define "sidecar-injector.engine" -}}
+{{- $engine := .Values.engine -}}
+{{- if and (ne $engine "webhook") (not (.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy")) -}}
+{{- fail (printf "engine: %s needs Kubernetes 1.36 or newer (MutatingAdmissionPolicy in admissionregistration.k8s.io/v1), and this cluster (Kubernetes %s) does not serve it: keep engine: webhook, or upgrade the cluster. (helm template: pass --api-versions admissionregistration.k8s.io/v1/MutatingAdmissionPolicy)" $engine .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- $engine -}}
+{{- end -}}
+
+{{/* The admission policies and bindings the server applies with engine admission-policy or
+hybrid (webhook.compiled.object_names): kind -> names. */}}
+{{- define "sidecar-injector.compiledNames" -}}
+{{- $name := include "sidecar-injector.fullname" . -}}
+{{- $checks := list (printf "%s-warn" $name) (printf "%s-deny" $name) -}}
+{{- $bindings := list -}}
+{{- range concat (list $name) $checks }}
+{{- $bindings = append $bindings (list (printf "%s-namespace" .) (printf "%s-pod" .)) -}}
+{{- end -}}
+mutatingadmissionpolicies: {{ list $name | toJson }}
+mutatingadmissionpolicybindings: {{ index $bindings 0 | toJson }}
+validatingadmissionpolicies: {{ $checks | toJson }}
+validatingadmissionpolicybindings: {{ concat (index $bindings 1) (index $bindings 2) | toJson }}
+{{- end -}}
