@@ -140,6 +140,27 @@ def service_dns_names(service: str, namespace: str) -> list[str]:
     ]
 
 
+_KUBE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+#: The longest commonName X.509 allows (RFC 5280's ub-common-name).
+MAX_COMMON_NAME = 64
+
+
+def _check_kube_name(option: str, name: str) -> str:
+    """`name` as a Service or namespace name (an RFC 1123 label); CertificateError if not."""
+    if not _KUBE_NAME.fullmatch(name):
+        raise CertificateError(
+            f"{option} {name!r} is not a Kubernetes name: use up to 63 lowercase letters, "
+            "digits and '-', starting and ending with a letter or digit"
+        )
+    return name
+
+
+def _common_name(text: str) -> str:
+    """`text`, cut to fit a commonName: clients check the subjectAltNames, never this label, so
+    a long Service and namespace (up to 63 characters each) must not stop a certificate."""
+    return text[:MAX_COMMON_NAME]
+
+
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
@@ -197,13 +218,15 @@ def generate(
     """
     if days < 1:
         raise CertificateError(f"--days must be at least 1, not {days}")
+    _check_kube_name("--service", service)
+    _check_kube_name("--namespace", namespace)
     dns = _unique([*service_dns_names(service, namespace), *map(_check_dns_name, dns_names)])
     ips = _unique(["127.0.0.1", *map(_check_ip_address, ip_addresses)])
     try:
         out.mkdir(parents=True, exist_ok=True)
-        ca = new_ca(f"{service}.{namespace} CA", days=days)
-        serving = issue(ca, f"{service}.{namespace}.svc", dns_names=dns, ip_addresses=ips,
-                        days=days)
+        ca = new_ca(_common_name(f"{service}.{namespace} CA"), days=days)
+        serving = issue(ca, _common_name(f"{service}.{namespace}.svc"), dns_names=dns,
+                        ip_addresses=ips, days=days)
         ca.write(out / "ca.crt", out / "ca.key")
         serving.write(out / "tls.crt", out / "tls.key")
     except OSError as exc:

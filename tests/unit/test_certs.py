@@ -82,6 +82,30 @@ def test_a_bad_san_exits_2_with_one_line_naming_it(tmp_path: Path, args: tuple[s
     assert not out.exists()  # nothing half-written
 
 
+def test_a_long_service_and_namespace_still_get_a_certificate(tmp_path: Path) -> None:
+    service, namespace = "s" * 63, "n" * 63  # the longest names Kubernetes allows
+    result = CliRunner().invoke(cli, ["certs", "generate", "--out", str(tmp_path), "--service",
+                                      service, "--namespace", namespace])
+    assert result.exit_code == 0, result.stderr
+    dns, _ = sans(tmp_path / "tls.crt")
+    assert f"{service}.{namespace}.svc.cluster.local" in dns
+
+
+@pytest.mark.parametrize(("option", "value"), [("--service", "Injector"),
+                                                ("--namespace", "n" * 64),
+                                                ("--namespace", "platform.prod")])
+def test_a_name_kubernetes_would_refuse_exits_2_naming_it(tmp_path: Path, option: str,
+                                                          value: str) -> None:
+    names = {"--service": "injector", "--namespace": "platform", option: value}
+    result = CliRunner().invoke(cli, ["certs", "generate", "--out", str(tmp_path / "certs"),
+                                      *(part for pair in names.items() for part in pair)])
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: {option} {value!r} is not a Kubernetes name: use up to 63 "
+                             "lowercase letters, digits and '-', starting and ending with a "
+                             "letter or digit\n")
+    assert not (tmp_path / "certs").exists()
+
+
 def test_help_describes_dns_and_ip() -> None:
     text = CliRunner().invoke(cli, ["certs", "generate", "--help"]).stdout
     assert "--dns NAME" in text
