@@ -15,7 +15,6 @@ import copy
 import json
 import re
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from tests.e2e.conftest import POLICIES, STATUS, Register, Webhook, pod_manifest
@@ -33,6 +33,7 @@ from tests.e2e.webhookconfig import (
     INJECT,
     RELEASE_NAMESPACE,
     instead_of_the_suites_webhook,
+    wait_retired,
     webhook_configuration,
 )
 from webhook.cli import cli
@@ -257,7 +258,8 @@ def compiled(plane: ControlPlane, kube: Kube, stream: str, *, strict: bool = Fal
         yield
     finally:
         kubectl(plane, "delete", "--ignore-not-found", "-f", "-", stdin=stream)
-        time.sleep(2)  # the apiserver refreshes its admission policies every second
+        wait_retired(plane, kube, [o["metadata"]["name"] for o in yaml.safe_load_all(stream)
+                                   if o and o["kind"].endswith("AdmissionPolicy")])
 
 
 def _stamped_by_policy(kube: Kube, namespace: str) -> bool:

@@ -21,7 +21,12 @@ import pytest
 from tests.e2e.conftest import POLICIES, STATUS, pod_manifest
 from tests.e2e.controlplane import K8S_VERSION, ControlPlane
 from tests.e2e.kube import ApiException, Kube, wait_for
-from tests.e2e.webhookconfig import INJECT, RELEASE_NAMESPACE, without_the_suites_webhook
+from tests.e2e.webhookconfig import (
+    INJECT,
+    RELEASE_NAMESPACE,
+    wait_retired,
+    without_the_suites_webhook,
+)
 from tests.serverproc import ServerProcess
 from webhook.compiled import MINIMUM_MINOR, object_names
 from webhook.kube import ADMISSION_KINDS
@@ -82,13 +87,17 @@ def delete_all(kube: Kube, name: str) -> None:
 
 
 @pytest.fixture
-def alone(kube: Kube) -> Iterator[None]:
-    """No webhook on the pod path while the test runs; its objects deleted after."""
+def alone(control_plane: ControlPlane, kube: Kube) -> Iterator[None]:
+    """No webhook on the pod path while the test runs; its objects deleted (and out of effect)
+    after."""
     with without_the_suites_webhook(kube):
         try:
             yield
         finally:
             delete_all(kube, NAME)
+            names = object_names(NAME)
+            wait_retired(control_plane, kube, [*names["MutatingAdmissionPolicy"],
+                                               *names["ValidatingAdmissionPolicy"]])
 
 
 if MINOR >= MINIMUM_MINOR:

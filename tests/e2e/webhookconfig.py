@@ -5,12 +5,16 @@ the workload warnings (at the same address, path `/validate`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.chart.helm import of_kind, render
-from tests.e2e.kube import ApiException, Kube
+from tests.e2e.controlplane import ControlPlane
+from tests.e2e.kube import ApiException, Kube, wait_for
 
 RELEASE = "e2e"
 CONFIG_NAME = f"{RELEASE}-sidecar-injector"
@@ -66,3 +70,35 @@ def instead_of_the_suites_webhook(kube: Kube, config: dict[str, Any]) -> Iterato
             yield
         finally:
             kube.delete_mutating_webhook(config["metadata"]["name"])
+
+
+POLICY_CHECKS = ("apiserver_mutating_admission_policy_check_total",
+                 "apiserver_validating_admission_policy_check_total")
+
+
+def policy_checks(plane: ControlPlane, policies: Collection[str]) -> float:
+    """How often the apiserver has evaluated any of the admission `policies` (by name)."""
+    return sum(sample.value for family in text_string_to_metric_families(plane.metrics())
+               for sample in family.samples
+               if sample.name in POLICY_CHECKS and sample.labels.get("policy") in policies)
+
+
+def wait_retired(plane: ControlPlane, kube: Kube, policies: Collection[str]) -> None:
+    """After the admission `policies` were deleted, wait until the apiserver stops applying them:
+    it drops a policy when its informer sees the delete, not at once, and until then it stamps
+    the next test's pods. Retired means a pod asking for injection in an opted-in namespace
+    (created as a dry run) is no longer checked by any of them."""
+    namespace = kube.ensure_namespace("retired-probe", labels={INJECT: "enabled"})
+
+    def retired() -> bool:
+        before = policy_checks(plane, policies)
+        body = {"metadata": {"name": f"probe-{uuid.uuid4().hex[:6]}",
+                             "annotations": {INJECT: "logging"}},
+                "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}
+        try:
+            kube.create_pod(namespace, body, dry_run=True)
+        except ApiException:
+            return False  # a deny policy still answering
+        return policy_checks(plane, policies) == before
+
+    wait_for(retired, 60, f"the apiserver to stop applying {', '.join(sorted(policies))}")
