@@ -2,19 +2,24 @@
 image with its own ServiceAccount token (so with the chart's RBAC, as in test_image.py), applies
 the compiled policy set; a ConfigMap change reaches the cluster without a reinstall; and with the
 Deployment scaled to zero, pods are still injected, by the apiserver alone. Before the first
-sync, the guard refuses an opted-in pod and says why. Below 1.36 the chart refuses the value and
-says which version it needs."""
+sync, the guard refuses an opted-in pod and says why. With `engine: hybrid` the same pod also
+serves the chart's webhook configuration, which gets only the pods the compiled policies did not
+stamp. Below 1.36 the chart refuses both values and says which version it needs."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.chart.helm import CHART, helm, of_kind, render
 from tests.e2e.conftest import STATUS, pod_manifest
@@ -22,7 +27,7 @@ from tests.e2e.controlplane import K8S_VERSION, ControlPlane
 from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.kubelet import Kubelet
 from tests.e2e.test_image import ChartPod, create_tls_secret, kubectl, wait_started
-from tests.e2e.webhookconfig import INJECT, without_the_suites_webhook
+from tests.e2e.webhookconfig import INJECT, wait_retired, without_the_suites_webhook
 from tests.serverproc import free_port
 from webhook.compiled import MINIMUM_MINOR, object_names
 
@@ -30,7 +35,6 @@ pytestmark = pytest.mark.e2e
 MINOR = int(K8S_VERSION.lstrip("v").split(".")[1])
 NAMESPACE = "engine-image-e2e"
 RELEASE = "engine"
-FULLNAME = f"{RELEASE}-sidecar-injector"
 SERVED = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"
 
 
@@ -57,56 +61,109 @@ class Engine:
     chart: ChartPod
     kubelet: Kubelet
     namespace: str  # opted in, for the pods the test creates
+    release_namespace: str
+    fullname: str
+
+
+def webhook_decisions(chart: ChartPod) -> dict[str, float]:
+    """The chart pod's `sidecar_injector_requests_total` by result: the pods it decided."""
+    text = httpx.get(f"https://127.0.0.1:{chart.port}/metrics", verify=False, timeout=5).text
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "sidecar_injector_requests_total":
+                result = sample.labels["result"]
+                counts[result] = counts.get(result, 0) + sample.value
+    return counts
+
+
+@contextmanager
+def installed(plane: ControlPlane, kube: Kube, workdir: Path, engine: str,
+              app_namespace: str) -> Iterator[Engine]:
+    """The chart applied with `engine` (the guard on) as the only mutator, and the Deployment's
+    pod run from the image once the guard has refused a pod. hybrid: the chart's webhook
+    configuration as rendered, but for its clientConfig, which calls the container."""
+    namespace, release = f"{NAMESPACE}-{engine}", engine
+    fullname = f"{release}-sidecar-injector"
+    kube.ensure_namespace(namespace)
+    secret = f"{fullname}-pair"
+    ca_bundle = create_tls_secret(kube, workdir / "certs", service=fullname,
+                                  namespace=namespace, secret=secret)
+    port = free_port()
+    objects = render({"engine": engine, "certificates.mode": "secret",
+                      "certificates.secretName": secret, "webhook.caBundle": ca_bundle,
+                      "port": str(port), "replicaCount": "1", "guard.enabled": "true"},
+                     namespace=namespace, release=release, extra=["--api-versions", SERVED])
+    for config in of_kind(objects, "MutatingWebhookConfiguration"):
+        assert engine == "hybrid"
+        for hook in config["webhooks"]:
+            hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}/mutate",
+                                    "caBundle": ca_bundle}
+    manifest = yaml.safe_dump_all([o for o in objects if o["kind"] != "Pod"])  # helm tests
+    with without_the_suites_webhook(kube):
+        applied = kubectl(plane, "apply", "--server-side", "--field-manager=e2e", "-f", "-",
+                          stdin=manifest)
+        assert applied.returncode == 0, applied.stderr
+        container = None
+        try:
+            app = kube.ensure_namespace(app_namespace, labels={INJECT: "enabled"})
+            if engine == "admission-policy":
+                # before the first sync, the guard refuses an opted-in pod, and says why
+                wait_for(lambda: "compiled admission policy did not inject it" in str(
+                    attempt(kube, app)), 60, "the guard to take effect")
+            selector = f"app.kubernetes.io/instance={release}"
+            wait_for(lambda: bool(kube.list_pods(namespace, selector)), 60,
+                     "the Deployment's pod (deployment and replicaset controllers)")
+            (pod,) = kube.list_pods(namespace, selector)
+            kubelet = Kubelet(kube, workdir / "volumes", apiserver_port=plane.apiserver_port,
+                              ca_pem=(plane.workdir / "pki" / "ca.crt").read_bytes())
+            container = kubelet.run(pod, "webhook")
+            yield Engine(ChartPod(pod, container, port, ca_bundle), kubelet, app, namespace,
+                         fullname)
+        finally:
+            if container is not None:
+                (plane.logs / f"engine-image-{engine}.log").write_text(container.logs())
+                container.remove()
+            kubectl(plane, "delete", "--wait=false", "--ignore-not-found", "-f", "-",
+                    stdin=manifest)
+            owned = object_names(fullname)
+            for kind, names in reversed(owned.items()):
+                kubectl(plane, "delete", "--ignore-not-found",
+                        f"{kind.lower()}.admissionregistration.k8s.io", *names)
+            wait_retired(plane, kube, [*owned["MutatingAdmissionPolicy"],
+                                       *owned["ValidatingAdmissionPolicy"]])
+
+
+def log_lines(chart: ChartPod) -> list[dict[str, Any]]:
+    """The container's JSON log lines."""
+    return [json.loads(line) for line in chart.container.logs().splitlines() if line.strip()]
+
+
+def assert_synced_quietly(chart: ChartPod, times: int) -> None:
+    """No log line above info (a verb the chart's RBAC lacks would show here: the sync logs an
+    error and retries), and at least `times` syncs that changed something."""
+    lines = log_lines(chart)
+    troubles = [line for line in lines if line["level"] not in ("debug", "info")]
+    assert not troubles, "\n".join(map(json.dumps, troubles))
+    assert [line["message"] for line in lines].count("admission policies synced") >= times
 
 
 if MINOR >= MINIMUM_MINOR:
 
-    @pytest.fixture(scope="module")
+    # one installation at a time: both would bind every opted-in namespace
+    @pytest.fixture
     def engine(control_plane: ControlPlane, kube: Kube,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-        """The chart applied (engine admission-policy, the guard on) as the only mutator, and
-        the Deployment's pod run from the image once the guard has refused a pod."""
-        workdir = tmp_path_factory.mktemp("engine-kubelet")
-        kube.ensure_namespace(NAMESPACE)
-        secret = f"{FULLNAME}-pair"
-        ca_bundle = create_tls_secret(kube, workdir / "certs", service=FULLNAME,
-                                      namespace=NAMESPACE, secret=secret)
-        port = free_port()
-        objects = render({"engine": "admission-policy", "certificates.mode": "secret",
-                          "certificates.secretName": secret, "webhook.caBundle": ca_bundle,
-                          "port": str(port), "replicaCount": "1", "guard.enabled": "true"},
-                         namespace=NAMESPACE, release=RELEASE, extra=["--api-versions", SERVED])
-        assert of_kind(objects, "MutatingWebhookConfiguration") == []
-        manifest = yaml.safe_dump_all([o for o in objects if o["kind"] != "Pod"])  # helm tests
-        with without_the_suites_webhook(kube):
-            applied = kubectl(control_plane, "apply", "--server-side", "--field-manager=e2e",
-                              "-f", "-", stdin=manifest)
-            assert applied.returncode == 0, applied.stderr
-            container = None
-            try:
-                namespace = kube.ensure_namespace("engine-image-app", labels={INJECT: "enabled"})
-                # before the first sync, the guard refuses an opted-in pod, and says why
-                wait_for(lambda: "compiled admission policy did not inject it" in str(
-                    attempt(kube, namespace)), 60, "the guard to take effect")
-                selector = f"app.kubernetes.io/instance={RELEASE}"
-                wait_for(lambda: bool(kube.list_pods(NAMESPACE, selector)), 60,
-                         "the Deployment's pod (deployment and replicaset controllers)")
-                (pod,) = kube.list_pods(NAMESPACE, selector)
-                kubelet = Kubelet(kube, workdir / "volumes",
-                                  apiserver_port=control_plane.apiserver_port,
-                                  ca_pem=(control_plane.workdir / "pki" / "ca.crt").read_bytes())
-                container = kubelet.run(pod, "webhook")
-                yield Engine(ChartPod(pod, container, port, ca_bundle), kubelet, namespace)
-            finally:
-                if container is not None:
-                    (control_plane.logs / "engine-image-webhook.log").write_text(
-                        container.logs())
-                    container.remove()
-                kubectl(control_plane, "delete", "--wait=false", "--ignore-not-found", "-f",
-                        "-", stdin=manifest)
-                for kind, names in reversed(object_names(FULLNAME).items()):
-                    kubectl(control_plane, "delete", "--ignore-not-found",
-                            f"{kind.lower()}.admissionregistration.k8s.io", *names)
+        with installed(control_plane, kube, tmp_path_factory.mktemp("engine-kubelet"),
+                       "admission-policy", "engine-image-app") as installation:
+            yield installation
+
+    @pytest.fixture
+    def hybrid(control_plane: ControlPlane, kube: Kube,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+        with installed(control_plane, kube, tmp_path_factory.mktemp("hybrid-kubelet"),
+                       "hybrid", "hybrid-image-app") as installation:
+            yield installation
 
     def test_the_charts_pod_applies_the_compiled_policies_and_pods_need_no_webhook(
         engine: Engine, kube: Kube,
@@ -117,19 +174,21 @@ if MINOR >= MINIMUM_MINOR:
                  60, "the apiserver to inject with the compiled policies")
 
         # a policy change in the ConfigMap reaches the cluster without a reinstall
-        name = f"{FULLNAME}-policies"
-        config_map = kube.plain(kube.core.read_namespaced_config_map(name, NAMESPACE))
+        name = f"{engine.fullname}-policies"
+        config_map = kube.plain(kube.core.read_namespaced_config_map(name,
+                                                                     engine.release_namespace))
         (key,) = [k for k in config_map["data"] if k.startswith("logging.")]
         changed = config_map["data"][key].replace("fluent/fluent-bit:3.2.4",
                                                   "fluent/fluent-bit:3.2.5")
         assert changed != config_map["data"][key]
-        kube.core.patch_namespaced_config_map(name, NAMESPACE, {"data": {key: changed}})
+        kube.core.patch_namespaced_config_map(name, engine.release_namespace,
+                                              {"data": {key: changed}})
         engine.kubelet.refresh(chart.pod, "policies")
         wait_for(lambda: agent_image(attempt(kube, engine.namespace)) == "fluent/fluent-bit:3.2.5",
                  60, "the changed policy to be compiled, applied and loaded")
 
         # the Deployment scaled to zero: nothing of ours runs, and pods are still injected
-        kube.apps.patch_namespaced_deployment_scale(FULLNAME, NAMESPACE,
+        kube.apps.patch_namespaced_deployment_scale(engine.fullname, engine.release_namespace,
                                                     {"spec": {"replicas": 0}})
         code, _ = chart.container.stop()
         assert code == 0, chart.container.logs()
@@ -141,12 +200,31 @@ if MINOR >= MINIMUM_MINOR:
                                      *stored["spec"]["containers"]]]
         assert {"logging-agent", "metrics-exporter", "app"} <= set(names)
 
-        lines = [json.loads(line) for line in chart.container.logs().splitlines()
-                 if line.strip()]
-        # a verb the chart's RBAC lacks would show here: the sync logs an error and retries
-        troubles = [line for line in lines if line["level"] not in ("debug", "info")]
-        assert not troubles, "\n".join(map(json.dumps, troubles))
-        assert [line["message"] for line in lines].count("admission policies synced") >= 2
+        assert_synced_quietly(chart, 2)
+
+    def test_hybrid_the_policies_inject_and_the_webhook_gets_only_the_pods_they_leave(
+        hybrid: Engine, kube: Kube,
+    ) -> None:
+        chart = hybrid.chart
+        wait_started(chart)  # hybrid: ready while the webhook serves, synced or not
+        wait_for(lambda: httpx.get(f"https://127.0.0.1:{chart.port}/readyz", verify=False,
+                                   timeout=5).json()["admissionPolicies"] == "synced",
+                 60, "the first sync")
+        annotations = {INJECT: "logging"}
+        compiled, _ = kube.create_pod(hybrid.namespace, pod_manifest(
+            "hybrid-compiled", annotations=annotations))
+        assert agent_image(compiled) == "fluent/fluent-bit:3.2.4"
+        assert webhook_decisions(chart).get("injected", 0) == 0  # the match condition held
+
+        # pod-level resources: what the compiled policy leaves to the webhook
+        left = pod_manifest("hybrid-left", annotations=annotations)
+        left["spec"]["resources"] = {"limits": {"cpu": "1", "memory": "1Gi"}}
+        by_webhook, _ = kube.create_pod(hybrid.namespace, left)
+        assert agent_image(by_webhook) == "fluent/fluent-bit:3.2.4"
+        assert json.loads(by_webhook["metadata"]["annotations"][STATUS])["policies"] == [
+            "logging"]
+        assert webhook_decisions(chart).get("injected", 0) == 1
+        assert_synced_quietly(chart, 1)
 
 else:
 
