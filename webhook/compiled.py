@@ -177,12 +177,15 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
                                     policy["metadata"]["name"], suffix, labels,
                                     {**selectors, "validationActions": [action]}))
     risky = [name for name, levels in cel.compilable.security.items() if "false" in levels]
+    restricted = [p.name for p in cel.compilable.policies if p.namespaces is not None]
     left_pods = ["pods with pod-level spec.resources", "Windows pods",
                  "pods too large for the CEL cost limits",
                  *(["name clashes under --on-conflict skip"]
                    if config.on_conflict == "skip" else []),
                  *([f"pods in a namespace enforcing a Pod Security level that "
-                    f"{', '.join(map(repr, risky))} may break"] if risky else [])]
+                    f"{', '.join(map(repr, risky))} may break"] if risky else []),
+                 *([f"pods asking for {', '.join(map(repr, restricted))} in a namespace its "
+                    "namespaceSelector excludes"] if restricted else [])]
     return Compiled(objects, uncompiled, left_pods)
 
 

@@ -19,8 +19,10 @@ What the webhook keeps (a pod the compiled policy leaves unstamped, `injectable`
 whose names clash with a policy's (or two chosen policies' names clash: `clash_denial` denies it
 as the webhook does under `--on-conflict deny`), one with pod-level `spec.resources` (the
 envelope arithmetic needs quantities CEL cannot print), a Windows pod, one in a namespace whose
-Pod Security level a chosen policy may break (`pod_security`), one too large for the CEL cost
-limits (`Limits`), and any pod that asks for a policy this module cannot compile (`reason`).
+Pod Security level a chosen policy may break (`pod_security`), one in a namespace a chosen
+policy's `namespaceSelector` excludes (the webhook refuses that policy and injects the
+others), one too large for the CEL cost limits (`Limits`), and any pod that asks for a policy
+this module cannot compile (`reason`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 from jsonpointer import escape
 
 from webhook.engine import sample_pod_security
+from webhook.labels import Requirement, Selector
 from webhook.platform import OS_LABEL, OperatingSystem
 from webhook.podsecurity import ENFORCE_LABEL, Level
 from webhook.policy import (
@@ -203,9 +206,6 @@ def _container(template: Template) -> str:
 
 def reason(policy: CompiledPolicy) -> str | None:
     """Why `policy` cannot be compiled (yet), None when it can."""
-    if policy.namespaces is not None:
-        return ("spec.namespaceSelector is not compiled yet; `--hybrid` leaves its pods to the "
-                "webhook")
     if OperatingSystem.LINUX not in policy.systems:
         return "a policy for Windows pods only is not compiled yet"
     try:
@@ -380,6 +380,28 @@ def pod_variables(limits: Limits) -> list[Obj]:
     ]
 
 
+def selector_holds(selector: Selector, labels: str) -> str:
+    """`selector` (webhook.labels `Selector.matches`) on the label map `labels` (a CEL field
+    that may be absent), in CEL."""
+    def term(requirement: Requirement) -> str:
+        key = literal(requirement.key)
+        present = f"(has({labels}) && {key} in {labels})"
+        values = literal(sorted(requirement.values))
+        return {"Exists": present, "DoesNotExist": f"!{present}",
+                "In": f"({present} && {labels}[{key}] in {values})",
+                "NotIn": f"(!{present} || !({labels}[{key}] in {values}))"}[requirement.operator]
+    return " && ".join(map(term, selector.requirements)) or "true"
+
+
+def kept_for_namespace(policies: list[CompiledPolicy]) -> str:
+    """Whether a chosen policy is restricted away from the pod's namespace (its
+    `namespaceSelector`): the webhook then decides the pod, and refuses that policy."""
+    return " || ".join(
+        f"({literal(policy.name)} in variables.chosen && "
+        f"!({selector_holds(policy.namespaces, 'namespaceObject.metadata.labels')}))"
+        for policy in policies if policy.namespaces is not None) or "false"
+
+
 def kept_for_security(table: str) -> str:
     """Whether a chosen policy may break the namespace's Pod Security level (`pod_security`):
     the webhook then decides the pod."""
@@ -456,6 +478,7 @@ def injection(compilable: Compilable, *, kube_version: tuple[int, int] | None,
         {"name": "injectable", "expression": (
             "size(variables.requested) > 0 && variables.requested.all(n, n in variables.table) "
             "&& !variables.keptByWebhook && !(" + kept_for_security("variables.table") + ") "
+            "&& !(" + kept_for_namespace(compiled) + ") "
             "&& !variables.chosen.exists(p, "
             "variables.table[p].adds.exists(n, n in variables.ownNames) || "
             "variables.table[p].vols.exists(n, n in variables.ownVolumes) || "
@@ -659,7 +682,8 @@ def clash_denial(compilable: Compilable, *, inject_key: str) -> Check:
             "!variables.leftToWebhook && variables.skip == '' && size(variables.unknown) == 0 "
             "&& size(variables.requested) > 0 && variables.requested.all(n, n in "
             "variables.clashNames) && !variables.keptByWebhook && !("
-            + kept_for_security("variables.clashNames") + ")")},
+            + kept_for_security("variables.clashNames") + ") && !("
+            + kept_for_namespace(compiled) + ")")},
         {"name": "clashAt", "expression": (
             "lists.range(size(variables.chosen)).filter(j, variables.clashNames["
             "variables.chosen[j]].adds.exists(n, n in variables.ownNames || "

@@ -42,13 +42,13 @@ def kube(control_plane: ControlPlane) -> Kube:
 
 
 class Webhook(ServerProcess):
-    """The webhook the apiserver calls: serve with the shipped policies and the admin kubeconfig
-    (for the Namespace watch), in the release namespace; `extra` serve flags, logged to
-    `log_name`."""
+    """The webhook the apiserver calls: serve with the shipped policies (or `policies`) and the
+    admin kubeconfig (for the Namespace watch), in the release namespace; `extra` serve flags,
+    logged to `log_name`."""
 
     def __init__(self, workdir: Path, kubeconfig: Path, logs: Path, *extra: str,
-                 log_name: str = "webhook.log") -> None:
-        super().__init__(workdir, policies=POLICIES, log=logs / log_name,
+                 log_name: str = "webhook.log", policies: Path = POLICIES) -> None:
+        super().__init__(workdir, policies=policies, log=logs / log_name,
                          args=["--kubeconfig", str(kubeconfig), "--default-policies", "logging",
                                *extra],
                          env={"POD_NAMESPACE": RELEASE_NAMESPACE})

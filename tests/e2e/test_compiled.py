@@ -14,11 +14,13 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -434,6 +436,88 @@ if MINOR >= MINIMUM_MINOR:
             r"injection policy 'logging' adds container 'logging-agent', which clashes with the "
             r"pod's container 'logging-agent'; rename one of them or leave 'logging' out of the "
             rf"{INJECT} annotation", alone["clash-with-own-container"][2])
+
+    PAYMENTS_AGENT = """\
+apiVersion: sidecar.company.com/v1alpha1
+kind: InjectionPolicy
+metadata: {name: payments-agent}
+spec:
+  namespaceSelector:
+    matchLabels: {team: payments}
+    matchExpressions: [{key: env, operator: NotIn, values: [dev]}]
+  initContainers: [{name: payments-agent, image: "busybox:1.37"}]
+"""
+    #: a policy restricted to some namespaces (spec.namespaceSelector), asked for inside them
+    #: and outside, alone and beside another
+    RESTRICTED = [
+        Case("restricted-inside", {INJECT: "payments-agent,logging"},
+             namespace_labels={"team": "payments", "env": "prod"}),
+        Case("restricted-outside", {INJECT: "payments-agent,logging"},
+             namespace_labels={"team": "payments", "env": "dev"}),
+        Case("restricted-only-outside", {INJECT: "payments-agent"},
+             namespace_labels={"team": "shop"}),
+    ]
+
+    @pytest.fixture(scope="module")
+    def restricted(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
+                   ) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """The shipped policies and payments-agent, and the webhook serving them: its policy
+        directory and webhook configuration."""
+        policies = tmp_path_factory.mktemp("restricted-policies")
+        shutil.copytree(POLICIES, policies, dirs_exist_ok=True)
+        (policies / "payments-agent.yaml").write_text(PAYMENTS_AGENT)
+        server = Webhook(tmp_path_factory.mktemp("restricted-webhook"), control_plane.kubeconfig,
+                         control_plane.logs, log_name="restricted-webhook.log",
+                         policies=policies)
+        server.start()
+        try:
+            yield policies, webhook_configuration(url=server.mutate_url,
+                                                  ca_bundle=server.ca_bundle,
+                                                  failure_policy="Fail", release="restricted")
+        finally:
+            server.stop()
+
+    def _refused_by_webhook(kube: Kube, namespace: str) -> bool:
+        body = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}",
+                            annotations={INJECT: "payments-agent"})
+        pod, _ = kube.create_pod(namespace, body, dry_run=True)
+        return "namespace-not-allowed" in (pod["metadata"].get("annotations") or {}).get(
+            STATUS, "")
+
+    def test_a_policy_restricted_to_some_namespaces_decides_alike_through_both_engines(
+        control_plane: ControlPlane, kube: Kube, register: Register, create: Create,
+        restricted: tuple[Path, dict[str, Any]],
+    ) -> None:
+        policies, config = restricted
+        with instead_of_the_suites_webhook(kube, config):
+            probe = kube.ensure_namespace("restricted-probe", labels={INJECT: "enabled"})
+            wait_for(lambda: _refused_by_webhook(kube, probe), 60,
+                     "the webhook with payments-agent to take effect")
+            by_webhook = {case.name: create(case) for case in RESTRICTED}
+            with compiled(control_plane, kube, compile_stream("--hybrid", "--policies",
+                                                              str(policies))):
+                both = {case.name: create(case) for case in RESTRICTED}
+        with without_the_webhook(kube, register), \
+                compiled(control_plane, kube, compile_stream("--policies", str(policies))):
+            alone = {case.name: create(case) for case in RESTRICTED}
+        assert both == by_webhook
+        assert alone["restricted-inside"] == by_webhook["restricted-inside"]
+        stamp = json.loads(alone["restricted-inside"][0]["metadata"]["annotations"][STATUS])
+        assert stamp["policies"] == ["payments-agent", "logging"]
+        for name in ("restricted-outside", "restricted-only-outside"):
+            # the compiled policies leave the pod be; the webhook refuses payments-agent only
+            pod, warnings = alone[name]
+            assert STATUS not in (pod["metadata"].get("annotations") or {}), name
+            assert warnings == [], name
+            pod, warnings = by_webhook[name]
+            assert any("'payments-agent' skipped: it is restricted to namespaces matching "
+                       "team=payments,env notin (dev)" in w for w in warnings), warnings
+        outside = json.loads(by_webhook["restricted-outside"][0]["metadata"]["annotations"][
+            STATUS])
+        assert outside["policies"] == ["logging"]
+        only = json.loads(by_webhook["restricted-only-outside"][0]["metadata"]["annotations"][
+            STATUS])
+        assert only["skipped"] == "namespace-not-allowed"
 
     def test_check_cluster_finds_the_api_served(control_plane: ControlPlane) -> None:
         result = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--check-cluster",

@@ -155,20 +155,20 @@ def test_literals_are_cel_strings_lists_and_maps() -> None:
         assert evaluate(literal(value), {}) == value
 
 
-RESTRICTED = """\
+WINDOWS_ONLY = """\
 apiVersion: sidecar.company.com/v1alpha1
 kind: InjectionPolicy
-metadata: {name: vault-agent}
+metadata: {name: win-agent}
 spec:
-  namespaceSelector: {matchLabels: {team: payments}}
-  initContainers: [{name: vault-agent, image: "hashicorp/vault:1.18"}]
+  os: [windows]
+  initContainers: [{name: win-agent, image: "mcr.microsoft.com/windows/nanoserver:ltsc2022"}]
 """
 
 
 def test_compile_names_each_policy_it_cannot_compile_and_exits_1(
     write_policies: WritePolicies,
 ) -> None:
-    directory = write_policies(restricted=RESTRICTED)
+    directory = write_policies(windows=WINDOWS_ONLY)
     for name in ("logging", "wait-for-database"):
         (directory / f"{name}.yaml").write_text((SHIPPED_POLICIES / f"{name}.yaml").read_text())
     result = CliRunner().invoke(cli, ["policies", "compile", "--policies", str(directory)])
@@ -177,12 +177,12 @@ def test_compile_names_each_policy_it_cannot_compile_and_exits_1(
     assert result.stderr.splitlines() == [
         "warning: POD_NAMESPACE is not set, so only the system namespaces are excluded: set it "
         "to the webhook's namespace (the chart's release namespace)",
-        f"error: {directory / 'restricted.yaml'}:3: policy 'vault-agent': spec.namespaceSelector "
-        "is not compiled yet; `--hybrid` leaves its pods to the webhook"]
+        f"error: {directory / 'windows.yaml'}:3: policy 'win-agent': a policy for Windows pods "
+        "only is not compiled yet"]
     hybrid = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--policies",
                                       str(directory)])
     assert hybrid.exit_code == 0, hybrid.output
-    assert (f"left to the webhook: {directory / 'restricted.yaml'}:3: policy 'vault-agent'"
+    assert (f"left to the webhook: {directory / 'windows.yaml'}:3: policy 'win-agent'"
             in hybrid.stderr)
 
 
@@ -199,7 +199,8 @@ def test_every_shipped_policy_compiles() -> None:
 def test_compile_names_the_pods_it_leaves_to_the_webhook_whatever_they_ask_for(
     write_policies: WritePolicies,
 ) -> None:
-    """A policy that may break a Pod Security level, and --on-conflict skip's clashes."""
+    """A policy that may break a Pod Security level, one restricted to some namespaces, and
+    --on-conflict skip's clashes."""
     directory = write_policies(privileged="""\
         apiVersion: sidecar.company.com/v1alpha1
         kind: InjectionPolicy
@@ -207,6 +208,13 @@ def test_compile_names_the_pods_it_leaves_to_the_webhook_whatever_they_ask_for(
         spec:
           containers:
             - {name: node-agent, image: "busybox:1.37", securityContext: {privileged: true}}
+        """, restricted="""\
+        apiVersion: sidecar.company.com/v1alpha1
+        kind: InjectionPolicy
+        metadata: {name: vault-agent}
+        spec:
+          namespaceSelector: {matchLabels: {team: payments}}
+          initContainers: [{name: vault-agent, image: "hashicorp/vault:1.18"}]
         """)
     result = CliRunner().invoke(cli, ["policies", "compile", "--policies", str(directory),
                                       "--on-conflict", "skip"],
@@ -216,7 +224,8 @@ def test_compile_names_the_pods_it_leaves_to_the_webhook_whatever_they_ask_for(
         "warning: left to the webhook, and admitted uninjected without one: pods with pod-level "
         "spec.resources; Windows pods; pods too large for the CEL cost limits; name clashes under "
         "--on-conflict skip; pods in a namespace enforcing a Pod Security level that "
-        "'node-agent' may break (docs/spec.md)"]
+        "'node-agent', 'vault-agent' may break; pods asking for 'vault-agent' in a namespace its "
+        "namespaceSelector excludes (docs/spec.md)"]
     hybrid = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--policies",
                                       str(directory)], env={"POD_NAMESPACE": "sidecar-injector"})
     assert hybrid.stderr == ""
@@ -227,7 +236,7 @@ def test_hybrid_writes_the_objects_and_says_what_is_left_to_the_webhook(
 ) -> None:
     result = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--strict",
                                       "--name", "injector", "--policies",
-                                      str(write_policies(restricted=RESTRICTED))])
+                                      str(write_policies(windows=WINDOWS_ONLY))])
     assert result.exit_code == 0, result.output
     assert "left to the webhook: " in result.stderr
     assert "--strict" not in result.stderr  # its denial is compiled

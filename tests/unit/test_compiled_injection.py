@@ -126,7 +126,36 @@ spec:
   imagePullSecrets:
     - {name: regcred}
 """,
+    # restricted to some namespaces: every selector operator
+    "payments-agent": """\
+apiVersion: sidecar.company.com/v1alpha1
+kind: InjectionPolicy
+metadata:
+  name: payments-agent
+spec:
+  namespaceSelector:
+    matchLabels: {team: payments}
+    matchExpressions:
+      - {key: env, operator: NotIn, values: [dev, test]}
+  initContainers:
+    - {name: payments-agent, image: busybox:1.37}
+""",
+    "audited-agent": """\
+apiVersion: sidecar.company.com/v1alpha1
+kind: InjectionPolicy
+metadata:
+  name: audited-agent
+spec:
+  namespaceSelector:
+    matchExpressions:
+      - {key: team, operator: In, values: [payments, shop]}
+      - {key: audited, operator: Exists}
+      - {key: legacy, operator: DoesNotExist}
+  containers:
+    - {name: audited-agent, image: busybox:1.37}
+""",
 }
+RESTRICTED = ["payments-agent", "audited-agent"]
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +266,8 @@ def pods(draw: st.DrawFn, policy_names: list[str]) -> dict[str, Any]:
     if token:
         volumes.append({"name": TOKEN, "projected": {"sources": [{"serviceAccountToken": {
             "path": "token"}}]}})
-    requested = draw(st.lists(st.sampled_from(OVERLAPPING) | st.sampled_from(policy_names),
-                              min_size=1, max_size=4))
+    requested = draw(st.lists(st.sampled_from(OVERLAPPING) | st.sampled_from(RESTRICTED)
+                              | st.sampled_from(policy_names), min_size=1, max_size=4))
     annotations = {KEYS.inject: ", ".join(requested)} if draw(st.integers(0, 3)) else {}
     if draw(st.booleans()):
         annotations["note"] = draw(TEXT)
@@ -269,6 +298,11 @@ def pods(draw: st.DrawFn, policy_names: list[str]) -> dict[str, Any]:
 @st.composite
 def namespaces(draw: st.DrawFn, policy_names: list[str]) -> dict[str, Any]:
     labels = {KEYS.inject: "enabled"}
+    for key, values in (("team", ["payments", "shop"]), ("env", ["dev", "prod"]),
+                        ("audited", [""]), ("legacy", ["yes"])):
+        value = draw(st.sampled_from([None, *values]))
+        if value is not None:
+            labels[key] = value
     level = draw(st.sampled_from([None, None, None, "privileged", "baseline", "restricted"]))
     if level is not None:
         labels[ENFORCE_LABEL] = level
@@ -283,7 +317,8 @@ def namespaces(draw: st.DrawFn, policy_names: list[str]) -> dict[str, Any]:
 def kept_by_the_webhook(pod: dict[str, Any], namespace: dict[str, Any],
                         policies: PolicySet, config: EngineConfig) -> bool:
     """The pods webhook.compiled_injection leaves to the webhook on purpose: pod-level
-    resources, Windows, and a Pod Security level one of the requested policies may break."""
+    resources, Windows, a Pod Security level one of the requested policies may break, and a
+    namespace a requested policy's namespaceSelector excludes."""
     spec = pod["spec"]
     level = parse_level(namespace["metadata"].get("labels", {}).get(ENFORCE_LABEL))
     requested = requested_policies(pod["metadata"], namespace=NAMESPACE,
@@ -294,7 +329,10 @@ def kept_by_the_webhook(pod: dict[str, Any], namespace: dict[str, Any],
         requested = ()
     risky = level in (Level.BASELINE, Level.RESTRICTED) and any(
         sample_pod_security(policies, name, level) for name in requested if name in policies)
-    return "resources" in spec or "os" in spec or risky
+    labels = namespace["metadata"].get("labels", {})
+    excluded = any(name in policies and (selector := policies[name].namespaces) is not None
+                   and not selector.matches(labels) for name in requested)
+    return "resources" in spec or "os" in spec or risky or excluded
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -318,6 +356,35 @@ def test_the_compiled_policy_injects_as_the_engine(
         assert kept_by_the_webhook(pod, namespace, policies, config)
 
 
+@pytest.mark.parametrize(("labels", "allowed"), [
+    ({"team": "payments", "audited": ""}, True),
+    ({"team": "shop", "audited": ""}, False),  # payments-agent: team=payments
+    ({"team": "payments", "env": "dev", "audited": ""}, False),  # env notin (dev,test)
+    ({"team": "payments"}, False),  # audited-agent: audited must exist
+    ({"team": "payments", "audited": "", "legacy": "yes"}, False),  # and legacy must not
+    ({}, False),
+])
+def test_a_namespace_a_policy_is_restricted_away_from_leaves_the_pod_to_the_webhook(
+    policies: PolicySet, labels: dict[str, str], allowed: bool,
+) -> None:
+    config = EngineConfig(selection=Selection(keys=KEYS, own_namespace=OWN))
+    pod = {"metadata": {"name": "web", "namespace": NAMESPACE, "annotations": {
+        KEYS.inject: "logging,payments-agent,audited-agent"}},
+           "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+    namespace = {"metadata": {"name": NAMESPACE, "labels": {KEYS.inject: "enabled", **labels}}}
+    decision, ops = compiled_ops(engine_spec(policies, config), pod, namespace)
+    outcome = engine_outcome(policies, config, pod, namespace)
+    assert isinstance(outcome.decision, Inject)  # the webhook refuses only what is restricted
+    if allowed:
+        assert decision == INJECT
+        assert applied(pod, ops) == applied(pod, outcome.patch)
+    else:
+        assert (decision, ops) == ("", [])
+        assert "logging" in outcome.decision.policies
+        assert len(outcome.decision.policies) < 3
+        assert any("is restricted to namespaces matching" in w for w in outcome.warnings)
+
+
 def test_a_pod_asking_for_every_policy_gets_what_the_webhook_gives(policies: PolicySet) -> None:
     """Every policy but second-agent, whose names clash with logging's and classic-last's."""
     every = [name for name in reversed(policies.names()) if name != "second-agent"]
@@ -330,7 +397,8 @@ def test_a_pod_asking_for_every_policy_gets_what_the_webhook_gives(policies: Pol
                {"name": "app", "image": "app:1", "volumeMounts": [
                    {"name": TOKEN, "readOnly": True, "mountPath": SERVICE_ACCOUNT_MOUNT_PATH}]}],
                "volumes": [{"name": TOKEN, "projected": {"sources": []}}]}}
-    namespace = {"metadata": {"name": NAMESPACE, "labels": {KEYS.inject: "enabled"}}}
+    namespace = {"metadata": {"name": NAMESPACE, "labels": {
+        KEYS.inject: "enabled", "team": "payments", "env": "prod", "audited": "yes"}}}
     decision, ops = compiled_ops(engine_spec(policies, config), pod, namespace)
     outcome = engine_outcome(policies, config, pod, namespace)
     assert decision == INJECT
