@@ -113,6 +113,10 @@ def _serve_option(name: str, **kwargs: Any) -> Decorator:
 @_serve_option("--engine-name",
                help="--engine: name of the engine admission policy (the chart's fullname); "
                     "the others derive from it [default: sidecar-injector].")
+@_serve_option("--engine-owner", metavar="CLUSTERROLE",
+               help="--engine: make this ClusterRole the owner of the objects applied, so that "
+                    "deleting it (the chart's own, at `helm uninstall`) deletes them too; needs "
+                    "get on it [default: none: they outlive the server].")
 @_serve_option("--pod-opt-in/--no-pod-opt-in",
                help="--engine: also bind pods labelled P/inject=enabled in plain namespaces "
                     "(the chart's webhook.podOptIn) [default: on].")

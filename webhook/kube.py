@@ -304,6 +304,7 @@ class Cluster:
         self._batch: Any = client.BatchV1Api(api)
         self._version: Any = client.VersionApi(api)
         self._admission: Any = client.AdmissionregistrationV1Api(api)
+        self._rbac: Any = client.RbacAuthorizationV1Api(api)
 
     def version(self) -> tuple[int, int] | None:
         """The cluster's Kubernetes minor, None when it does not say."""
@@ -355,6 +356,10 @@ class Cluster:
         method = getattr(self._admission, f"patch_{ADMISSION_KINDS[kind]}")
         self._call(f"apply {kind} {name}", method, name, obj, field_manager=FIELD_MANAGER,
                    force=True, _content_type=APPLY_PATCH)
+
+    def cluster_role(self, name: str) -> dict[str, Any] | None:
+        return self._call(f"read ClusterRole {name}", self._rbac.read_cluster_role, name,
+                          missing_ok=True)
 
     def delete_admission(self, kind: str, name: str) -> bool:
         """Delete an admission policy or binding; False when there was none."""

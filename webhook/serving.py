@@ -303,7 +303,8 @@ def _sync(settings: Settings, runtime: Runtime) -> AdmissionPolicySync | None:
                     pod_opt_in=settings.pod_opt_in,
                     # hybrid: the webhook decides a pod the admission policy failed on
                     failure_policy="Ignore" if hybrid else "Fail")
-    return AdmissionPolicySync(runtime, Cluster(settings.kubeconfig), target)
+    return AdmissionPolicySync(runtime, Cluster(settings.kubeconfig), target,
+                               owner=settings.engine_owner)
 
 
 def _key_pair(settings: Settings) -> tuple[Path, Path]:

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     events: bool = True
     engine: Literal["webhook", "admission-policy", "hybrid"] = "webhook"
     engine_name: str = Field(default="sidecar-injector", min_length=1, max_length=200)
+    engine_owner: str | None = Field(default=None, min_length=1, max_length=253)
     pod_opt_in: bool = True
     pod_namespace: str | None = Field(
         default=None, validation_alias=AliasChoices("POD_NAMESPACE", "pod_namespace")

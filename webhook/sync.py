@@ -10,6 +10,10 @@ deleted. A failed sync is logged, counted and retried on the next tick; the obje
 cluster stay as they were, so pods keep being injected by the last good set.
 
 Several replicas may sync at once: they apply the same objects, and the last one wins.
+
+With an `owner` (a ClusterRole: the chart's own), every object names it in `ownerReferences`, so
+the garbage collector deletes them once it is deleted (`helm uninstall`); while it is missing,
+nothing is applied (a sync then fails: the release is going away, or was never complete).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from webhook.compiled import MINIMUM_MINOR, Compiled, Target, compile_policies, object_names
 from webhook.errors import ClusterError
@@ -46,8 +51,9 @@ class AdmissionPolicySync:
     """Applies the served policy set, compiled for `target`, to `cluster`."""
 
     def __init__(self, runtime: Runtime, cluster: Cluster, target: Target, *,
-                 resync: float = RESYNC_SECONDS, poll: float = POLL_SECONDS) -> None:
-        self.runtime, self.cluster, self.target = runtime, cluster, target
+                 owner: str | None = None, resync: float = RESYNC_SECONDS,
+                 poll: float = POLL_SECONDS) -> None:
+        self.runtime, self.cluster, self.target, self.owner = runtime, cluster, target, owner
         self.resync, self.poll = resync, poll
         self.status = "not synced"
         self.synced = threading.Event()  # set once a sync succeeded
@@ -84,9 +90,12 @@ class AdmissionPolicySync:
                 raise ClusterError(why)
             compiled = compile_policies(policies, config, self.target)
             self._report(compiled)
+            owners = self._owner_references()
             written = {(o["kind"], o["metadata"]["name"]) for o in compiled.objects}
             for obj in compiled.objects:  # each policy comes before its bindings
-                self.cluster.apply_admission(obj)
+                self.cluster.apply_admission(
+                    {**obj, "metadata": {**obj["metadata"], "ownerReferences": owners}}
+                    if owners else obj)
             deleted = []
             for kind, names in reversed(object_names(self.target.name).items()):
                 for name in names:  # bindings first, then their policies
@@ -108,6 +117,19 @@ class AdmissionPolicySync:
         self.status = "synced"
         self.synced.set()
         return True
+
+    def _owner_references(self) -> list[dict[str, Any]]:
+        """The `ownerReferences` of every object applied: the owner ClusterRole, if any."""
+        if self.owner is None:
+            return []
+        role = self.cluster.cluster_role(self.owner)
+        if role is None:
+            raise ClusterError(
+                f"ClusterRole {self.owner} (--engine-owner) not found: the compiled objects "
+                "would outlive it, so none is applied (the release is being uninstalled, or "
+                "that ClusterRole must be created)")
+        return [{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                 "name": self.owner, "uid": role["metadata"]["uid"]}]
 
     def _report(self, compiled: Compiled) -> None:
         """Log the policies that could not be compiled, once per set of them."""

@@ -348,6 +348,7 @@ def test_with_engine_admission_policy_nothing_is_on_the_pod_path() -> None:
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--engine=admission-policy" in args
     assert "--engine-name=release-sidecar-injector" in args
+    assert "--engine-owner=release-sidecar-injector" in args  # the ClusterRole
     assert "--no-pod-opt-in" not in args
     (guard,) = of_kind(objects, "ValidatingAdmissionPolicy")
     assert "compiled admission policy did not inject it" in guard["spec"]["validations"][0][
@@ -383,6 +384,10 @@ def test_the_compiled_engines_may_write_only_the_objects_the_server_owns(
         rule = granted[resources[kind]]
         assert rule["resourceNames"] == names
         assert rule["verbs"] == ["create", "patch", "delete"]
+    # their owner, whose deletion (helm uninstall) deletes them: the uid read from this role
+    assert [r for r in role["rules"] if r["apiGroups"] == ["rbac.authorization.k8s.io"]] == [
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+         "resourceNames": [role["metadata"]["name"]], "verbs": ["get"]}]
     (webhook_role,) = of_kind(render(values), "ClusterRole")
     assert [r for r in webhook_role["rules"] if "resourceNames" in r] == []
 

@@ -33,6 +33,7 @@ class Kube:
         self.core: Any = client.CoreV1Api(self.api)
         self.apps: Any = client.AppsV1Api(self.api)
         self.admission: Any = client.AdmissionregistrationV1Api(self.api)
+        self.rbac: Any = client.RbacAuthorizationV1Api(self.api)
 
     def plain(self, obj: object) -> Obj:
         result: Obj = self.api.sanitize_for_serialization(obj)

@@ -7,11 +7,10 @@ test_image.py.)"""
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.webhookconfig import (
     INJECT,
     RELEASE_NAMESPACE,
+    stored,
     wait_retired,
     without_the_suites_webhook,
 )
@@ -43,18 +43,6 @@ def engine_server(plane: ControlPlane, workdir: Path, policies: Path,
                                "logging", "--engine", "admission-policy", "--engine-name", NAME,
                                "--reload-interval", "0.2", *extra],
                          env={"POD_NAMESPACE": RELEASE_NAMESPACE})
-
-
-def stored(kube: Kube) -> dict[str, list[str]]:
-    """The objects of NAME in the cluster, by kind."""
-    found: dict[str, list[str]] = {}
-    for kind, names in object_names(NAME).items():
-        method = f"read_{ADMISSION_KINDS[kind]}"
-        read: Callable[[str], object] = getattr(kube.admission, method)
-        found_here = [name for name in names if kube.exists(functools.partial(read, name))]
-        if found_here:
-            found[kind] = found_here
-    return found
 
 
 def injected(kube: Kube, namespace: str, policy: str = "logging") -> dict[str, Any] | None:
@@ -114,7 +102,7 @@ if MINOR >= MINIMUM_MINOR:
             with server.client() as client:
                 ready = client.get(server.url("/readyz")).json()
             assert ready["admissionPolicies"] == "synced"
-            assert stored(kube) == {  # --on-conflict deny (the default): the deny policy too
+            assert stored(kube, NAME) == {  # --on-conflict deny (the default): the deny policy too
                 kind: names for kind, names in object_names(NAME).items()}
             namespace = kube.ensure_namespace("engine-e2e", labels={INJECT: "enabled"})
             wait_for(lambda: injected(kube, namespace) is not None, 60,
@@ -138,7 +126,7 @@ if MINOR >= MINIMUM_MINOR:
         server = engine_server(control_plane, tmp_path, policies, "--on-conflict", "skip")
         server.start()
         try:
-            assert stored(kube) == {
+            assert stored(kube, NAME) == {
                 "MutatingAdmissionPolicy": [NAME],
                 "ValidatingAdmissionPolicy": [f"{NAME}-warn"],
                 "MutatingAdmissionPolicyBinding": [f"{NAME}-namespace", f"{NAME}-pod"],
@@ -150,6 +138,54 @@ if MINOR >= MINIMUM_MINOR:
                  if line.startswith("{")]
         assert [line for line in lines if line["level"] not in ("debug", "info")] == []
         assert any(line["message"] == "admission policies synced" for line in lines)
+
+    def test_the_objects_go_with_their_owner_and_without_it_none_is_applied(
+        control_plane: ControlPlane, kube: Kube, tmp_path: Path, alone: None,
+    ) -> None:
+        """--engine-owner (the chart's ClusterRole) becomes the owner of every object, also of
+        those applied before without it; deleting it, as `helm uninstall` does, has the garbage
+        collector delete them all; while it is missing nothing is applied."""
+        owner = f"{NAME}-owner"
+        role = kube.plain(kube.rbac.create_cluster_role({"metadata": {"name": owner},
+                                                         "rules": []}))
+        server = engine_server(control_plane, tmp_path, POLICIES)  # as before: no owner
+        server.start()
+        assert server.stop() == 0
+        # a server with the owner (an upgraded chart) gives it to the objects already there
+        server = engine_server(control_plane, tmp_path, POLICIES, "--engine-owner", owner)
+        server.start()
+        try:
+            owners = {(kind, name): kube.plain(getattr(
+                kube.admission, f"read_{ADMISSION_KINDS[kind]}")(name))["metadata"].get(
+                    "ownerReferences") for kind, names in stored(kube, NAME).items()
+                for name in names}
+        finally:
+            assert server.stop() == 0
+        assert len(owners) == 9  # with --on-conflict deny, the default: all of them
+        assert set(map(json.dumps, owners.values())) == {json.dumps([{
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "name": owner, "uid": role["metadata"]["uid"]}])}
+
+        kube.rbac.delete_cluster_role(owner)
+        wait_for(lambda: not stored(kube, NAME), 60,
+                 "the garbage collector to delete the objects of the deleted owner")
+        server = engine_server(control_plane, tmp_path, POLICIES, "--engine-owner", owner)
+        server.start(until="/healthz")
+        try:
+            with server.client() as client:
+                def answered() -> httpx.Response:
+                    return client.get(server.url("/readyz"))
+                wait_for(lambda: answered().json()["admissionPolicies"] != "not synced", 30,
+                         "the first sync")
+                ready = answered()
+        finally:
+            assert server.stop() == 0
+        assert ready.status_code == 503
+        assert ready.json()["admissionPolicies"] == (
+            f"failed: ClusterRole {owner} (--engine-owner) not found: the compiled objects "
+            "would outlive it, so none is applied (the release is being uninstalled, or that "
+            "ClusterRole must be created)")
+        assert stored(kube, NAME) == {}
 
 else:
 
@@ -173,4 +209,4 @@ else:
             f"failed: {control_plane.url} (Kubernetes 1.{MINOR}) does not serve "
             "MutatingAdmissionPolicy in admissionregistration.k8s.io/v1: compiled policies "
             "need Kubernetes 1.36 or newer; keep the webhook")
-        assert stored(kube) == {}
+        assert stored(kube, NAME) == {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from tests.e2e.controlplane import K8S_VERSION, ControlPlane
 from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.kubelet import Kubelet
 from tests.e2e.test_image import ChartPod, create_tls_secret, kubectl, wait_started
-from tests.e2e.webhookconfig import INJECT, wait_retired, without_the_suites_webhook
+from tests.e2e.webhookconfig import INJECT, stored, wait_retired, without_the_suites_webhook
 from tests.serverproc import free_port
 from webhook.compiled import MINIMUM_MINOR, object_names
 
@@ -63,6 +63,8 @@ class Engine:
     namespace: str  # opted in, for the pods the test creates
     release_namespace: str
     fullname: str
+    #: after the installation is deleted: the compiled objects the garbage collector left
+    left: dict[str, list[str]] | None = None
 
 
 def webhook_decisions(chart: ChartPod) -> dict[str, float]:
@@ -104,7 +106,7 @@ def installed(plane: ControlPlane, kube: Kube, workdir: Path, engine: str,
         applied = kubectl(plane, "apply", "--server-side", "--field-manager=e2e", "-f", "-",
                           stdin=manifest)
         assert applied.returncode == 0, applied.stderr
-        container = None
+        container, installation = None, None
         try:
             app = kube.ensure_namespace(app_namespace, labels={INJECT: "enabled"})
             if engine == "admission-policy":
@@ -118,14 +120,20 @@ def installed(plane: ControlPlane, kube: Kube, workdir: Path, engine: str,
             kubelet = Kubelet(kube, workdir / "volumes", apiserver_port=plane.apiserver_port,
                               ca_pem=(plane.workdir / "pki" / "ca.crt").read_bytes())
             container = kubelet.run(pod, "webhook")
-            yield Engine(ChartPod(pod, container, port, ca_bundle), kubelet, app, namespace,
-                         fullname)
+            installation = Engine(ChartPod(pod, container, port, ca_bundle), kubelet, app,
+                                  namespace, fullname)
+            yield installation
         finally:
             if container is not None:
                 (plane.logs / f"engine-image-{engine}.log").write_text(container.logs())
                 container.remove()
             kubectl(plane, "delete", "--wait=false", "--ignore-not-found", "-f", "-",
-                    stdin=manifest)
+                    stdin=manifest)  # what `helm uninstall` deletes
+            if installation is not None:  # their owner, the ClusterRole, is gone: so are they
+                with suppress(TimeoutError):
+                    wait_for(lambda: not stored(kube, fullname), 60,
+                             "the garbage collector to delete the compiled objects")
+                installation.left = stored(kube, fullname)
             owned = object_names(fullname)
             for kind, names in reversed(owned.items()):
                 kubectl(plane, "delete", "--ignore-not-found",
@@ -150,24 +158,23 @@ def assert_synced_quietly(chart: ChartPod, times: int) -> None:
 
 if MINOR >= MINIMUM_MINOR:
 
-    # one installation at a time: both would bind every opted-in namespace
-    @pytest.fixture
-    def engine(control_plane: ControlPlane, kube: Kube,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-        with installed(control_plane, kube, tmp_path_factory.mktemp("engine-kubelet"),
-                       "admission-policy", "engine-image-app") as installation:
-            yield installation
-
-    @pytest.fixture
-    def hybrid(control_plane: ControlPlane, kube: Kube,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-        with installed(control_plane, kube, tmp_path_factory.mktemp("hybrid-kubelet"),
-                       "hybrid", "hybrid-image-app") as installation:
-            yield installation
-
+    # one installation at a time (each test's own): both would bind every opted-in namespace
     def test_the_charts_pod_applies_the_compiled_policies_and_pods_need_no_webhook(
-        engine: Engine, kube: Kube,
+        control_plane: ControlPlane, kube: Kube, tmp_path: Path,
     ) -> None:
+        with installed(control_plane, kube, tmp_path, "admission-policy",
+                       "engine-image-app") as engine:
+            check_admission_policy(engine, kube)
+        assert engine.left == {}  # uninstalled: nothing of the release goes on injecting
+
+    def test_hybrid_the_policies_inject_and_the_webhook_gets_only_the_pods_they_leave(
+        control_plane: ControlPlane, kube: Kube, tmp_path: Path,
+    ) -> None:
+        with installed(control_plane, kube, tmp_path, "hybrid", "hybrid-image-app") as hybrid:
+            check_hybrid(hybrid, kube)
+        assert hybrid.left == {}
+
+    def check_admission_policy(engine: Engine, kube: Kube) -> None:
         chart = engine.chart
         wait_started(chart)  # ready only once the first sync succeeded, with the chart's RBAC
         wait_for(lambda: agent_image(attempt(kube, engine.namespace)) == "fluent/fluent-bit:3.2.4",
@@ -202,9 +209,7 @@ if MINOR >= MINIMUM_MINOR:
 
         assert_synced_quietly(chart, 2)
 
-    def test_hybrid_the_policies_inject_and_the_webhook_gets_only_the_pods_they_leave(
-        hybrid: Engine, kube: Kube,
-    ) -> None:
+    def check_hybrid(hybrid: Engine, kube: Kube) -> None:
         chart = hybrid.chart
         wait_started(chart)  # hybrid: ready while the webhook serves, synced or not
         wait_for(lambda: httpx.get(f"https://127.0.0.1:{chart.port}/readyz", verify=False,

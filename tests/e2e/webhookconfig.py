@@ -5,8 +5,9 @@ the workload warnings (at the same address, path `/validate`)."""
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.chart.helm import of_kind, render
 from tests.e2e.controlplane import ControlPlane
 from tests.e2e.kube import ApiException, Kube, wait_for
+from webhook.compiled import object_names
+from webhook.kube import ADMISSION_KINDS
 
 RELEASE = "e2e"
 CONFIG_NAME = f"{RELEASE}-sidecar-injector"
@@ -70,6 +73,19 @@ def instead_of_the_suites_webhook(kube: Kube, config: dict[str, Any]) -> Iterato
             yield
         finally:
             kube.delete_mutating_webhook(config["metadata"]["name"])
+
+
+def stored(kube: Kube, name: str) -> dict[str, list[str]]:
+    """The objects `serve --engine --engine-name NAME` may apply that are in the cluster, by
+    kind."""
+    found: dict[str, list[str]] = {}
+    for kind, names in object_names(name).items():
+        read: Callable[[str], object] = getattr(kube.admission,
+                                                f"read_{ADMISSION_KINDS[kind]}")
+        found_here = [each for each in names if kube.exists(functools.partial(read, each))]
+        if found_here:
+            found[kind] = found_here
+    return found
 
 
 POLICY_CHECKS = ("apiserver_mutating_admission_policy_check_total",
