@@ -141,6 +141,8 @@ def service_dns_names(service: str, namespace: str) -> list[str]:
 
 
 _KUBE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+#: The longest validity `certs generate` makes (X.509 dates end in 9999).
+MAX_DAYS = 36_500
 #: The longest commonName X.509 allows (RFC 5280's ub-common-name).
 MAX_COMMON_NAME = 64
 
@@ -216,8 +218,8 @@ def generate(
     The serving certificate names the Service (see `service_dns_names`) and 127.0.0.1, then the
     extra `dns_names` and `ip_addresses` (for a webhook reached by URL, outside the cluster).
     """
-    if days < 1:
-        raise CertificateError(f"--days must be at least 1, not {days}")
+    if not 1 <= days <= MAX_DAYS:
+        raise CertificateError(f"--days must be from 1 to {MAX_DAYS} (100 years), not {days}")
     _check_kube_name("--service", service)
     _check_kube_name("--namespace", namespace)
     dns = _unique([*service_dns_names(service, namespace), *map(_check_dns_name, dns_names)])

@@ -16,7 +16,7 @@ import click
 
 from webhook import __version__
 from webhook.certs import generate as generate_certs
-from webhook.compiled import Target, compile_policies
+from webhook.compiled import Target, compile_policies, name_problem
 from webhook.engine import sample_pod_security
 from webhook.errors import CertificateError, InputError, PolicyError, SuiteError
 from webhook.offline import inject_text
@@ -326,6 +326,9 @@ def compile_command(*, name: str, failure_policy: str | None, pod_opt_in: bool, 
     file:line errors, exit 1.
     """
     settings = _settings(serve_flags, "invalid option")
+    wrong_name = name_problem(name)
+    if wrong_name is not None:
+        _fail(f"--name {wrong_name}", EXIT_USAGE)
     if check_cluster:
         _check_cluster(settings.kubeconfig)
     try:

@@ -29,6 +29,7 @@ the warning) come from the engine's own functions, cut at markers, so they canno
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,6 +188,20 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
                  *([f"pods asking for {', '.join(map(repr, restricted))} in a namespace its "
                     "namespaceSelector excludes"] if restricted else [])]
     return Compiled(objects, uncompiled, left_pods)
+
+
+#: an object name the apiserver takes (a DNS subdomain), with room for the longest suffix
+_OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+MAX_NAME = 200
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name the compiled objects (the apiserver would refuse one of
+    `object_names`), or None when it can."""
+    if len(name) <= MAX_NAME and _OBJECT_NAME.fullmatch(name):
+        return None
+    return (f"{name!r} cannot name the admission policies: use up to {MAX_NAME} lowercase "
+            "letters, digits, '-' and '.', starting and ending with a letter or digit")
 
 
 def object_names(name: str) -> dict[str, list[str]]:

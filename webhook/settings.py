@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from webhook.compiled import name_problem
 from webhook.engine import EngineConfig
 from webhook.keys import DEFAULT_PREFIX, Keys
 from webhook.selection import Selection, parse_policy_list
@@ -60,12 +61,20 @@ class Settings(BaseSettings):
     reload_interval: float = Field(default=2.0, gt=0)
     events: bool = True
     engine: Literal["webhook", "admission-policy", "hybrid"] = "webhook"
-    engine_name: str = Field(default="sidecar-injector", min_length=1, max_length=200)
+    engine_name: str = "sidecar-injector"
     engine_owner: str | None = Field(default=None, min_length=1, max_length=253)
     pod_opt_in: bool = True
     pod_namespace: str | None = Field(
         default=None, validation_alias=AliasChoices("POD_NAMESPACE", "pod_namespace")
     )
+
+    @field_validator("engine_name")
+    @classmethod
+    def _check_engine_name(cls, value: str) -> str:
+        problem = name_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("kube_version")
     @classmethod

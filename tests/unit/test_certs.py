@@ -106,6 +106,13 @@ def test_a_name_kubernetes_would_refuse_exits_2_naming_it(tmp_path: Path, option
     assert not (tmp_path / "certs").exists()
 
 
+@pytest.mark.parametrize("days", ["0", "36501", "999999999"])
+def test_a_validity_x509_cannot_hold_exits_2_naming_it(tmp_path: Path, days: str) -> None:
+    result = generate(tmp_path / "certs", "--days", days)
+    assert result.exit_code == 2
+    assert result.stderr == f"error: --days must be from 1 to 36500 (100 years), not {days}\n"
+
+
 def test_help_describes_dns_and_ip() -> None:
     text = CliRunner().invoke(cli, ["certs", "generate", "--help"]).stdout
     assert "--dns NAME" in text

@@ -253,6 +253,20 @@ def test_no_pod_opt_in_binds_opted_in_namespaces_only() -> None:
                         "sidecar-injector-deny-namespace"]
 
 
+@pytest.mark.parametrize("name", ["", "Injector", "bad name!", "-injector", "a" * 201])
+def test_a_name_the_apiserver_would_refuse_exits_2_before_anything_is_written(
+    name: str,
+) -> None:
+    message = (f"{name!r} cannot name the admission policies: use up to 200 lowercase letters, "
+               "digits, '-' and '.', starting and ending with a letter or digit")
+    compiled = CliRunner().invoke(cli, ["policies", "compile", "--name", name])
+    assert (compiled.exit_code, compiled.stdout) == (2, "")
+    assert compiled.stderr == f"error: --name {message}\n"
+    served = CliRunner().invoke(cli, ["serve", "--engine", "hybrid", "--engine-name", name])
+    assert served.exit_code == 2
+    assert served.stderr == f"error: invalid settings: engine_name: Value error, {message}\n"
+
+
 def test_invalid_policies_are_the_same_file_line_errors_as_check(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("apiVersion: sidecar.company.com/v1\nkind: Nope\n")
     compiled = CliRunner().invoke(cli, ["policies", "compile", "--policies", str(tmp_path)])
