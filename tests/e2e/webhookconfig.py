@@ -99,22 +99,30 @@ def policy_checks(plane: ControlPlane, policies: Collection[str]) -> float:
                if sample.name in POLICY_CHECKS and sample.labels.get("policy") in policies)
 
 
+def checked_by(plane: ControlPlane, kube: Kube, policies: Collection[str]) -> bool:
+    """Whether the apiserver checks a pod asking for injection in an opted-in namespace (created
+    as a dry run) with any of the admission `policies`: whether it applies them now. It loads
+    and drops a policy when its informer sees the change, not when the API call returns."""
+    namespace = kube.ensure_namespace("policy-probe", labels={INJECT: "enabled"})
+    before = policy_checks(plane, policies)
+    body = {"metadata": {"name": f"probe-{uuid.uuid4().hex[:6]}",
+                         "annotations": {INJECT: "logging"}},
+            "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}
+    try:
+        kube.create_pod(namespace, body, dry_run=True)
+    except ApiException:
+        return True  # a deny policy answering
+    return policy_checks(plane, policies) != before
+
+
+def wait_in_effect(plane: ControlPlane, kube: Kube, policies: Collection[str]) -> None:
+    """After the admission `policies` were applied, wait until the apiserver applies them."""
+    wait_for(lambda: checked_by(plane, kube, policies), 60,
+             f"the apiserver to apply {', '.join(sorted(policies))}")
+
+
 def wait_retired(plane: ControlPlane, kube: Kube, policies: Collection[str]) -> None:
-    """After the admission `policies` were deleted, wait until the apiserver stops applying them:
-    it drops a policy when its informer sees the delete, not at once, and until then it stamps
-    the next test's pods. Retired means a pod asking for injection in an opted-in namespace
-    (created as a dry run) is no longer checked by any of them."""
-    namespace = kube.ensure_namespace("retired-probe", labels={INJECT: "enabled"})
-
-    def retired() -> bool:
-        before = policy_checks(plane, policies)
-        body = {"metadata": {"name": f"probe-{uuid.uuid4().hex[:6]}",
-                             "annotations": {INJECT: "logging"}},
-                "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}
-        try:
-            kube.create_pod(namespace, body, dry_run=True)
-        except ApiException:
-            return False  # a deny policy still answering
-        return policy_checks(plane, policies) == before
-
-    wait_for(retired, 60, f"the apiserver to stop applying {', '.join(sorted(policies))}")
+    """After the admission `policies` were deleted, wait until the apiserver stops applying them
+    (until then they would stamp the next test's pods)."""
+    wait_for(lambda: not checked_by(plane, kube, policies), 60,
+             f"the apiserver to stop applying {', '.join(sorted(policies))}")
