@@ -74,6 +74,21 @@ def delete_all(kube: Kube, name: str) -> None:
                     raise
 
 
+def after_the_first_sync(server: ServerProcess) -> httpx.Response:
+    """Start `server`, and its `/readyz` once the first sync is over (done or failed); the
+    server stopped after."""
+    server.start(until="/healthz")
+    try:
+        with server.client() as client:
+            def answered() -> httpx.Response:
+                return client.get(server.url("/readyz"))
+            wait_for(lambda: answered().json()["admissionPolicies"] != "not synced", 30,
+                     "the first sync")
+            return answered()
+    finally:
+        assert server.stop() == 0
+
+
 @pytest.fixture
 def alone(control_plane: ControlPlane, kube: Kube) -> Iterator[None]:
     """No webhook on the pod path while the test runs; its objects deleted (and out of effect)
@@ -170,16 +185,7 @@ if MINOR >= MINIMUM_MINOR:
         wait_for(lambda: not stored(kube, NAME), 60,
                  "the garbage collector to delete the objects of the deleted owner")
         server = engine_server(control_plane, tmp_path, POLICIES, "--engine-owner", owner)
-        server.start(until="/healthz")
-        try:
-            with server.client() as client:
-                def answered() -> httpx.Response:
-                    return client.get(server.url("/readyz"))
-                wait_for(lambda: answered().json()["admissionPolicies"] != "not synced", 30,
-                         "the first sync")
-                ready = answered()
-        finally:
-            assert server.stop() == 0
+        ready = after_the_first_sync(server)
         assert ready.status_code == 503
         assert ready.json()["admissionPolicies"] == (
             f"failed: ClusterRole {owner} (--engine-owner) not found: the compiled objects "
@@ -194,16 +200,7 @@ else:
         alone: None,
     ) -> None:
         server = engine_server(control_plane, tmp_path, POLICIES)
-        server.start(until="/healthz")
-        try:
-            with server.client() as client:
-                def answered() -> httpx.Response:
-                    return client.get(server.url("/readyz"))
-                wait_for(lambda: answered().json()["admissionPolicies"] != "not synced", 30,
-                         "the first sync")
-                ready = answered()
-        finally:
-            assert server.stop() == 0
+        ready = after_the_first_sync(server)
         assert ready.status_code == 503
         assert ready.json()["admissionPolicies"] == (
             f"failed: {control_plane.url} (Kubernetes 1.{MINOR}) does not serve "
