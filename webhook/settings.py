@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from webhook.compiled import name_problem
@@ -74,6 +74,14 @@ class Settings(BaseSettings):
         problem = name_problem(value)
         if problem is not None:
             raise ValueError(problem)
+        return value
+
+    @field_validator("engine_owner")
+    @classmethod
+    def _check_engine_owner(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("engine") == "webhook":
+            raise ValueError("needs --engine admission-policy or hybrid: with --engine webhook "
+                             "nothing is applied for it to own")
         return value
 
     @field_validator("kube_version")

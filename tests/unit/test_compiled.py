@@ -267,6 +267,14 @@ def test_a_name_the_apiserver_would_refuse_exits_2_before_anything_is_written(
     assert served.stderr == f"error: invalid settings: engine_name: Value error, {message}\n"
 
 
+def test_an_owner_without_an_engine_that_applies_objects_exits_2() -> None:
+    served = CliRunner().invoke(cli, ["serve", "--engine-owner", "injector"])
+    assert served.exit_code == 2
+    assert served.stderr == ("error: invalid settings: engine_owner: Value error, needs --engine "
+                             "admission-policy or hybrid: with --engine webhook nothing is "
+                             "applied for it to own\n")
+
+
 def test_invalid_policies_are_the_same_file_line_errors_as_check(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("apiVersion: sidecar.company.com/v1\nkind: Nope\n")
     compiled = CliRunner().invoke(cli, ["policies", "compile", "--policies", str(tmp_path)])
