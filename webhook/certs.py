@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from webhook.errors import CertificateError
+from webhook.policy import DNS1123_LABEL
 
 DEFAULT_DAYS = 365
 
@@ -140,7 +141,6 @@ def service_dns_names(service: str, namespace: str) -> list[str]:
     ]
 
 
-_KUBE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 #: The longest validity `certs generate` makes (X.509 dates end in 9999).
 MAX_DAYS = 36_500
 #: The longest commonName X.509 allows (RFC 5280's ub-common-name).
@@ -149,7 +149,7 @@ MAX_COMMON_NAME = 64
 
 def _check_kube_name(option: str, name: str) -> str:
     """`name` as a Service or namespace name (an RFC 1123 label); CertificateError if not."""
-    if not _KUBE_NAME.fullmatch(name):
+    if len(name) > 63 or not re.match(DNS1123_LABEL, name):
         raise CertificateError(
             f"{option} {name!r} is not a Kubernetes name: use up to 63 lowercase letters, "
             "digits and '-', starting and ending with a letter or digit"

@@ -536,7 +536,8 @@ def certs() -> None:
               help="Directory for ca.crt, ca.key, tls.crt, tls.key.")
 @click.option("--service", required=True, help="The webhook's Service name.")
 @click.option("--namespace", required=True, help="The webhook's namespace.")
-@click.option("--days", default=365, show_default=True, type=int, help="Validity in days.")
+@click.option("--days", default=365, show_default=True, type=int,
+              help="Validity in days (1 to 36500).")
 @click.option("--dns", "dns_names", multiple=True, metavar="NAME",
               help="An extra DNS name for the serving certificate, e.g. webhook.example.com or "
                    "*.dev.example.com. Repeatable.")

@@ -46,7 +46,7 @@ from webhook.compiled_injection import (
 )
 from webhook.engine import EngineConfig
 from webhook.keys import OPT_IN, OPT_OUT, SYSTEM_NAMESPACES, USE_DEFAULTS
-from webhook.policy import PolicySet, revision
+from webhook.policy import DNS1123_SUBDOMAIN, PolicySet, revision
 from webhook.render import skipped_status
 from webhook.selection import SkipReason, unknown_policy_denial, unknown_policy_warning
 
@@ -190,15 +190,14 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
     return Compiled(objects, uncompiled, left_pods)
 
 
-#: an object name the apiserver takes (a DNS subdomain), with room for the longest suffix
-_OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+#: the longest target name: an object name (a DNS subdomain, 253) with room for every suffix
 MAX_NAME = 200
 
 
 def name_problem(name: str) -> str | None:
     """Why `name` cannot name the compiled objects (the apiserver would refuse one of
     `object_names`), or None when it can."""
-    if len(name) <= MAX_NAME and _OBJECT_NAME.fullmatch(name):
+    if len(name) <= MAX_NAME and re.match(DNS1123_SUBDOMAIN, name):
         return None
     return (f"{name!r} cannot name the admission policies: use up to {MAX_NAME} lowercase "
             "letters, digits, '-' and '.', starting and ending with a letter or digit")
