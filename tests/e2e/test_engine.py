@@ -23,6 +23,7 @@ from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.webhookconfig import (
     INJECT,
     RELEASE_NAMESPACE,
+    policy_names,
     stored,
     wait_retired,
     without_the_suites_webhook,
@@ -98,9 +99,7 @@ def alone(control_plane: ControlPlane, kube: Kube) -> Iterator[None]:
             yield
         finally:
             delete_all(kube, NAME)
-            names = object_names(NAME)
-            wait_retired(control_plane, kube, [*names["MutatingAdmissionPolicy"],
-                                               *names["ValidatingAdmissionPolicy"]])
+            wait_retired(control_plane, kube, policy_names(NAME))
 
 
 if MINOR >= MINIMUM_MINOR:

@@ -29,6 +29,7 @@ from tests.e2e.kubelet import Kubelet
 from tests.e2e.test_image import ChartPod, create_tls_secret, kubectl, wait_started
 from tests.e2e.webhookconfig import (
     INJECT,
+    policy_names,
     stored,
     wait_in_effect,
     wait_retired,
@@ -140,12 +141,10 @@ def installed(plane: ControlPlane, kube: Kube, workdir: Path, engine: str,
                     wait_for(lambda: not stored(kube, fullname), 60,
                              "the garbage collector to delete the compiled objects")
                 installation.left = stored(kube, fullname)
-            owned = object_names(fullname)
-            for kind, names in reversed(owned.items()):
+            for kind, names in reversed(object_names(fullname).items()):
                 kubectl(plane, "delete", "--ignore-not-found",
                         f"{kind.lower()}.admissionregistration.k8s.io", *names)
-            wait_retired(plane, kube, [*owned["MutatingAdmissionPolicy"],
-                                       *owned["ValidatingAdmissionPolicy"]])
+            wait_retired(plane, kube, policy_names(fullname))
 
 
 def log_lines(chart: ChartPod) -> list[dict[str, Any]]:
