@@ -46,6 +46,7 @@ def _versions_env() -> dict[str, str]:
 K8S_VERSIONS = tuple(_versions_env()["K8S_VERSIONS"].split())
 # `make e2e K8S_VERSION=v1.35.4` picks one of tools/versions.env's; the first is the default
 K8S_VERSION = os.environ.get("K8S_VERSION") or K8S_VERSIONS[0]
+MINOR = int(K8S_VERSION.lstrip("v").split(".")[1])  # of K8S_VERSION
 PAIR = ("etcd", "kube-apiserver")
 
 

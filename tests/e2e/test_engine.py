@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import POLICIES, STATUS, pod_manifest
-from tests.e2e.controlplane import K8S_VERSION, ControlPlane
+from tests.e2e.controlplane import MINOR, ControlPlane
 from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.webhookconfig import (
     INJECT,
@@ -33,7 +33,6 @@ from webhook.compiled import MINIMUM_MINOR, object_names
 from webhook.kube import ADMISSION_KINDS
 
 pytestmark = pytest.mark.e2e
-MINOR = int(K8S_VERSION.lstrip("v").split(".")[1])
 NAME = "engine-e2e"
 
 

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.chart.helm import CHART, helm, of_kind, render
 from tests.e2e.conftest import STATUS, pod_manifest
-from tests.e2e.controlplane import K8S_VERSION, ControlPlane
+from tests.e2e.controlplane import MINOR, ControlPlane
 from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.kubelet import Kubelet
 from tests.e2e.test_image import ChartPod, create_tls_secret, kubectl, wait_started
@@ -39,7 +39,6 @@ from tests.serverproc import free_port
 from webhook.compiled import MINIMUM_MINOR, object_names
 
 pytestmark = pytest.mark.e2e
-MINOR = int(K8S_VERSION.lstrip("v").split(".")[1])
 NAMESPACE = "engine-image-e2e"
 RELEASE = "engine"
 SERVED = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"

@@ -18,7 +18,7 @@ import jsonpatch
 import pytest
 
 from tests.e2e.conftest import POLICIES
-from tests.e2e.controlplane import K8S_VERSION
+from tests.e2e.controlplane import MINOR
 from tests.e2e.kube import ApiException, Kube
 from tests.unit.test_podsecurity import CASES, PRIVILEGED_POLICIES, pod
 from webhook.engine import EngineConfig, mutate
@@ -41,7 +41,6 @@ API_INVALID = {"procMount-unmasked": "procMount Unmasked needs hostUsers: false"
 #: cases whose verdict is policy version "latest"'s only from this Kubernetes minor on: an older
 #: apiserver forbids them (pod-level sysctls, which no injection adds)
 SINCE = {"sysctl-safe-since-1.37": 37}
-MINOR = int(K8S_VERSION.split(".")[1])
 #: Every reason PodSecurity gives, plural forms mapped to ours (always singular).
 REASONS = {
     "privileged": "privileged", "host namespaces": "host namespaces",
