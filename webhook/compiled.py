@@ -38,14 +38,19 @@ from jsonpointer import escape
 
 from webhook.compiled_injection import (
     INJECT,
+    SHOWN_POD,
+    WINDOWS_POD,
     Compilable,
     clash_denial,
     injection,
     literal,
+    os_warnings,
     record,
+    skipped_for_os,
 )
 from webhook.engine import EngineConfig
 from webhook.keys import OPT_IN, OPT_OUT, SYSTEM_NAMESPACES, USE_DEFAULTS
+from webhook.platform import OperatingSystem
 from webhook.policy import DNS1123_SUBDOMAIN, PolicySet, revision
 from webhook.render import skipped_status
 from webhook.selection import SkipReason, unknown_policy_denial, unknown_policy_warning
@@ -148,7 +153,8 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
     warn = validating(f"{target.name}-{CHECKS[0]}", "Ignore",  # a warning never blocks a pod
                       [{"expression": cel.not_skipped_unknown,
                         "messageExpression": cel.unknown_warning,
-                        "message": cel.unknown_fallback}], cel.variables)
+                        "message": cel.unknown_fallback}, *cel.os_warnings],
+                      [*cel.variables, *cel.os_variables])
     objects: list[Obj] = [engine]
     for suffix, selectors in _entries(target, config):
         objects.append(_binding("MutatingAdmissionPolicyBinding", target.name, suffix, labels,
@@ -179,7 +185,11 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
                                     {**selectors, "validationActions": [action]}))
     risky = [name for name, levels in cel.compilable.security.items() if "false" in levels]
     restricted = [p.name for p in cel.compilable.policies if p.namespaces is not None]
-    left_pods = ["pods with pod-level spec.resources", "Windows pods",
+    windows = [p.name for p in cel.compilable.policies
+               if OperatingSystem.WINDOWS in p.systems]
+    left_pods = ["pods with pod-level spec.resources",
+                 *([f"Windows pods asking for {', '.join(map(repr, windows))}"]
+                   if windows else []),
                  "pods too large for the CEL cost limits",
                  *(["name clashes under --on-conflict skip"]
                    if config.on_conflict == "skip" else []),
@@ -323,7 +333,8 @@ class _Cel:
                        status_key=keys.status),
             {"name": "decision", "expression": (
                 f"variables.skip != '' || variables.leftToWebhook ? variables.skip : "
-                f"variables.injectable ? {literal(INJECT)} : ''")},
+                f"variables.injectable ? {literal(INJECT)} : variables.osSkipped ? "
+                f"{literal(SkipReason.UNSUPPORTED_OS.value)} : ''")},
             # the patch as data: what to inject, the stamp of a skip, or nothing
             {"name": "ops", "expression": (
                 f"variables.decision == {literal(INJECT)} ? variables.injection : "
@@ -340,7 +351,21 @@ class _Cel:
             f"!({annotation('object', keys.status)}) || object.metadata.annotations"
             f"[{literal(keys.status)}] != {literal(unknown_stamp)}")
         self.unknown_fallback = unknown_policy_warning("(a pod)", "(see its annotation)", keys)
-        pod = "namespaceObject.metadata.name + '/' + object.metadata.name"
+        pod = SHOWN_POD
+        # a Windows pod skipped for asking only for Linux policies, by either engine: the
+        # webhook's warning for each, unless the webhook decided (and warned) itself
+        compiled = self.compilable.policies
+        os_stamp = skipped_status(SkipReason.UNSUPPORTED_OS.value)
+        self.os_variables = [
+            {"name": "chosen", "expression": "variables.requested.distinct()"},
+            WINDOWS_POD,
+            {"name": "osSkipped", "expression": (
+                f"!variables.leftToWebhook && variables.skip == '' && "
+                f"{annotation('object', keys.status)} && object.metadata.annotations"
+                f"[{literal(keys.status)}] == {literal(os_stamp)} && "
+                f"{skipped_for_os(compiled)}")},
+        ]
+        self.os_warnings = os_warnings(compiled, pod)
         listed = "variables.unknown.map(n, \"'\" + n + \"'\").join(', ')"
         start, middle, end = _around(unknown_policy_warning(*HOLE, keys), *HOLE)
         self.unknown_warning = (

@@ -36,7 +36,7 @@ from typing import Any
 
 from jsonpointer import escape
 
-from webhook.engine import sample_pod_security
+from webhook.engine import sample_pod_security, unsupported_os_warning
 from webhook.labels import Requirement, Selector
 from webhook.platform import OS_LABEL, OperatingSystem
 from webhook.podsecurity import ENFORCE_LABEL, Level
@@ -343,33 +343,51 @@ def _first(items: str, key: str) -> str:
             f"a.{key} == {items}[i].{key})).map(i, {items}[i])")
 
 
+_GENERATE_NAME = "object.metadata.generateName"
+_BASE = f"(size({_GENERATE_NAME}) > 58 ? {_GENERATE_NAME}.substring(0, 58) : {_GENERATE_NAME})"
+#: the pod as the webhook's messages name it (webhook.selection.describe_pod), in a validating
+#: policy: by then the apiserver has named a pod that had only a generateName (its first 58
+#: characters and 5 of k8s.io/apimachinery rand's), which the webhook calls `generateName*`
+SHOWN_POD = (
+    f"namespaceObject.metadata.name + '/' + (has({_GENERATE_NAME}) && "
+    f"size(object.metadata.name) == size({_BASE}) + 5 && "
+    f"object.metadata.name.startsWith({_BASE}) && object.metadata.name.substring("
+    f"size({_BASE})).matches('^[bcdfghjklmnpqrstvwxz2456789]{{5}}$') ? "
+    f"{_GENERATE_NAME} + '*' : object.metadata.name)")
 SPEC = "object.spec"
+POD_HOLE = "<<pod>>"  # where a message's pod name goes
 INITS = f"(has({SPEC}.initContainers) ? {SPEC}.initContainers : [])"
 APPS = f"(has({SPEC}.containers) ? {SPEC}.containers : [])"
 VOLUMES = f"(has({SPEC}.volumes) ? {SPEC}.volumes : [])"
 
 
+_OS_SELECTOR = f"{SPEC}.nodeSelector"
+_WINDOWS = literal(OperatingSystem.WINDOWS.value)
+#: whether the pod runs on Windows (webhook.platform.pod_os)
+WINDOWS_POD: Obj = {"name": "windowsPod", "expression": (
+    f"(has({SPEC}.os) && {SPEC}.os.name == {_WINDOWS}) || "
+    f"(has({_OS_SELECTOR}) && {literal(OS_LABEL)} in {_OS_SELECTOR} && "
+    f"{_OS_SELECTOR}[{literal(OS_LABEL)}] == {_WINDOWS})")}
+
+
 def pod_variables(limits: Limits) -> list[Obj]:
     """The pod's own names, whether the pod is the webhook's to decide (`keptByWebhook`: too
-    large for the CEL cost limits, pod-level resources, Windows), and the Pod Security level
-    its namespace enforces."""
+    large for the CEL cost limits or with pod-level resources (`tooLarge`), or a Windows pod
+    (`windowsPod`)), and the Pod Security level its namespace enforces."""
     labels = "namespaceObject.metadata.labels"
-    os_selector = f"{SPEC}.nodeSelector"
-    windows = literal(OperatingSystem.WINDOWS.value)
     return [
         {"name": "ownNames", "expression": f"{INITS}.map(c, c.name) + {APPS}.map(c, c.name)"},
         {"name": "ownVolumes", "expression": f"{VOLUMES}.map(v, v.name)"},
-        {"name": "keptByWebhook", "expression": " || ".join([
+        {"name": "tooLarge", "expression": " || ".join([
             # too large for the CEL cost limits (1,000,000 per variable), see `Limits`
             f"size({INITS}) + size({APPS}) > {limits.containers}",
             f"{APPS}.map(c, has(c.env) ? size(c.env) : 0).sum() > {limits.env}",
             f"({INITS} + {APPS}).map(c, has(c.volumeMounts) ? size(c.volumeMounts) : 0).sum() "
             f"> {limits.mounts}",
             f"has({SPEC}.resources)",
-            f"(has({SPEC}.os) && {SPEC}.os.name == {windows})",
-            f"(has({os_selector}) && {literal(OS_LABEL)} in {os_selector} && "
-            f"{os_selector}[{literal(OS_LABEL)}] == {windows})",
         ])},
+        WINDOWS_POD,
+        {"name": "keptByWebhook", "expression": "variables.tooLarge || variables.windowsPod"},
         # the Pod Security level the namespace enforces ('': none); an invalid value is
         # enforced as restricted (webhook.podsecurity.parse_level)
         {"name": "securityLevel", "expression": (
@@ -407,6 +425,35 @@ def kept_for_security(table: str) -> str:
     the webhook then decides the pod."""
     return (f"variables.securityLevel != '' && variables.chosen.exists(p, "
             f"!{table}[p].security[variables.securityLevel])")
+
+
+def skipped_for_os(policies: list[CompiledPolicy]) -> str:
+    """Whether the webhook skips the pod as `unsupported-os` (webhook.engine `_rules`, before it
+    renders anything: whatever the pod's size or pod-level resources): a Windows pod that asks
+    only for compiled policies none of which supports Windows (and none restricted away from
+    its namespace, whose refusal comes first). A pod that also asks for a policy supporting
+    Windows is the webhook's (`keptByWebhook`)."""
+    linux_only = literal(dict.fromkeys(
+        sorted(p.name for p in policies if OperatingSystem.WINDOWS not in p.systems), True))
+    return (f"variables.windowsPod && size(variables.chosen) > 0 && "
+            f"variables.chosen.all(p, p in {linux_only}) && !({kept_for_namespace(policies)})")
+
+
+def os_warnings(policies: list[CompiledPolicy], pod: str) -> list[Obj]:
+    """The warnings of an `unsupported-os` skip, one validation per policy that can be named in
+    it (the variable `osSkipped` holds whether the pod was skipped so), in the webhook's words:
+    `pod` is the CEL of the pod's `namespace/name`."""
+    validations = []
+    for policy in policies:
+        if OperatingSystem.WINDOWS in policy.systems:
+            continue
+        head, tail = unsupported_os_warning(POD_HOLE, policy, OperatingSystem.WINDOWS).split(
+            POD_HOLE)
+        validations.append({
+            "expression": f"!(variables.osSkipped && {literal(policy.name)} in variables.chosen)",
+            "messageExpression": f"{literal(head)} + {pod} + {literal(tail)}",
+            "message": f"{head}(a Windows pod){tail}"})
+    return validations
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,6 +530,7 @@ def injection(compilable: Compilable, *, kube_version: tuple[int, int] | None,
             "variables.table[p].adds.exists(n, n in variables.ownNames) || "
             "variables.table[p].vols.exists(n, n in variables.ownVolumes) || "
             "variables.table[p].clashWith.exists(q, q in variables.chosen))")},
+        {"name": "osSkipped", "expression": skipped_for_os(compiled)},
         # the pod's fields the placeholders read (webhook.render._Substitution)
         {"name": "generateName", "expression": (
             "has(object.metadata.generateName) ? object.metadata.generateName : ''")},
@@ -673,7 +721,7 @@ def clash_denial(compilable: Compilable, *, inject_key: str) -> Check:
     def ours(kind: str) -> str:
         return f"\"the pod's {kind} '\" + variables.clashName + \"'\""
 
-    pod = "namespaceObject.metadata.name + '/' + object.metadata.name"
+    pod = SHOWN_POD
     variables = [
         {"name": "clashNames", "expression": names},
         {"name": "chosen", "expression": "variables.requested.distinct()"},

@@ -27,7 +27,7 @@ import jsonpointer
 
 from webhook.keys import OPT_IN, Keys
 from webhook.patch import Operation, injection_patch, removal_patch, serialize, stamp_patch
-from webhook.platform import pod_os
+from webhook.platform import OperatingSystem, pod_os
 from webhook.podsecurity import Level, compliant_pod, new_violations
 from webhook.policy import CompiledPolicy, PolicySet
 from webhook.render import (
@@ -175,13 +175,18 @@ def _rules(pod: dict[str, Any], view: PodView, options: RenderOptions, *,
         (SkipReason.NAMESPACE_NOT_ALLOWED, lambda chosen: _namespace_problems(
             f"pod {view.name}", view.namespace, chosen, namespace_labels)),
         (SkipReason.UNSUPPORTED_OS, lambda chosen: [
-            (policy, f"pod {view.name}: injection policy {policy.name!r} skipped: it supports "
-                     f"{', '.join(sorted(policy.systems))}, and the pod runs on {system.value}")
+            (policy, unsupported_os_warning(view.name, policy, system))
             for policy in chosen if system not in policy.systems])]
     if pod_security in (Level.BASELINE, Level.RESTRICTED):
         rules.append((SkipReason.POD_SECURITY, lambda chosen: _pod_security_problems(
             pod, view, chosen, options, pod_security)))
     return rules
+
+
+def unsupported_os_warning(pod: str, policy: CompiledPolicy, system: OperatingSystem) -> str:
+    """The warning for `policy` left out of `pod` (`namespace/name`), which runs on `system`."""
+    return (f"pod {pod}: injection policy {policy.name!r} skipped: it supports "
+            f"{', '.join(sorted(policy.systems))}, and the pod runs on {system.value}")
 
 
 def _namespace_problems(subject: str, namespace: str, chosen: Sequence[CompiledPolicy],

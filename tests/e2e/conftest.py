@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.controlplane import K8S_VERSION, ROOT, ControlPlane
+from tests.e2e.controlplane import K8S_VERSION, MINOR, ROOT, ControlPlane
+from tests.e2e.engines import ENGINES, Twins, twin_engines
 from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.webhookconfig import INJECT, RELEASE_NAMESPACE, VALIDATING, webhook_configuration
 from tests.serverproc import ServerProcess
+from webhook.compiled import MINIMUM_MINOR
 
 STATUS = "sidecar.company.com/status"
 POLICIES = ROOT / "policies"
@@ -66,6 +68,31 @@ def webhook(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactor
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def twins(control_plane: ControlPlane, kube: Kube) -> Iterator[Twins]:
+    """The compiled engines beside the webhook, for tests marked `engines` (tests/e2e/engines)."""
+    with twin_engines(control_plane, kube) as made:
+        yield made
+
+
+@pytest.fixture(autouse=True)
+def _both_engines(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+                  ) -> Iterator[None]:
+    """In a test marked `engines(...)`, every pod is created once more through each engine named,
+    and must come out the same (tests/e2e/engines)."""
+    marker = request.node.get_closest_marker("engines")
+    if marker is None or not marker.args or MINOR < MINIMUM_MINOR:
+        yield
+        return
+    assert set(marker.args) <= set(ENGINES), marker.args
+    kube: Kube = request.getfixturevalue("kube")
+    twins: Twins = request.getfixturevalue("twins")
+    monkeypatch.setattr(kube, "create_pod", twins.wrap(tuple(marker.args)))
+    yield
+    differences = twins.differences()
+    assert not differences, "\n".join(differences)
 
 
 Register = Callable[[str], None]

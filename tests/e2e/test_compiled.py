@@ -15,7 +15,6 @@ import copy
 import json
 import re
 import shutil
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +27,8 @@ import yaml
 from click.testing import CliRunner
 
 from tests.e2e.conftest import POLICIES, STATUS, Register, Webhook, pod_manifest
-from tests.e2e.controlplane import K8S_VERSION, ControlPlane
+from tests.e2e.controlplane import MINOR, ControlPlane
+from tests.e2e.engines import DENIED_BY, VAP_WARNING, compile_stream, kubectl, normalized
 from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.webhookconfig import (
     CONFIG_NAME,
@@ -44,17 +44,7 @@ from webhook.compiled_injection import Limits
 from webhook.policy import load_policy_dir
 
 pytestmark = pytest.mark.e2e
-MINOR = int(K8S_VERSION.lstrip("v").split(".")[1])
 NAMESPACE_POLICIES = "sidecar.company.com/policies"
-#: what the apiserver puts before a webhook's and a ValidatingAdmissionPolicy's denial message
-#: (a Forbidden one: `pods "NAME" is forbidden: ` first)
-DENIED_BY = re.compile(r"^(pods \"[^\"]+\" is forbidden: )?(?P<by>admission webhook \"[^\"]+\" "
-                       r"denied the request|ValidatingAdmissionPolicy '[^']+' with binding "
-                       r"'[^']+' denied request): ")
-VAP_WARNING = re.compile(r"^Validation failed for ValidatingAdmissionPolicy '[^']+' with binding "
-                         r"'[^']+': ")
-
-
 @dataclass(frozen=True)
 class Case:
     """A pod, and the namespace it is created in."""
@@ -87,6 +77,14 @@ DECIDED = [
     Case("already-stamped", {INJECT: "nope", STATUS: '{"policies":[]}'}),
     Case("system-namespace", {INJECT: "nope"}, {INJECT: "enabled"}, namespace="kube-public"),
     Case("own-namespace", {INJECT: "nope"}, {INJECT: "enabled"}, namespace=RELEASE_NAMESPACE),
+    # named in the warning as the webhook saw it, before the apiserver named it
+    Case("generate-name-unknown", {INJECT: "nope"}, generate_name=True),
+    # no shipped policy supports Windows: skipped `unsupported-os`, with a warning for each
+    Case("windows", {INJECT: "logging,metrics-exporter"}, spec={"os": {"name": "windows"}}),
+    Case("windows-by-node-selector", spec={"nodeSelector": {"kubernetes.io/os": "windows"}}),
+    # (the apiserver refuses pod-level resources with spec.os windows, not with the selector)
+    Case("windows-with-pod-level-resources", generate_name=True, spec={
+        "nodeSelector": {"kubernetes.io/os": "windows"}, "resources": {"limits": {"cpu": "1"}}}),
 ]
 OWN_LOGS = {"name": "own-logs", "emptyDir": {}}
 SHIPPED = load_policy_dir(POLICIES)
@@ -147,7 +145,6 @@ INJECTED = [
 #: other half (webhook.compiled, webhook.compiled_injection).
 LEFT_TO_THE_WEBHOOK = [
     Case("pod-level-resources", spec={"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}),
-    Case("windows", spec={"os": {"name": "windows"}}),
     Case("over-the-cost-limits", {INJECT: EVERY_POLICY}, spec=large(2, LIMITS.env // 2 + 1, 1)),
     Case("huge-annotation", {INJECT: ",".join(["nope"] * 200)}),
     Case("python-only-space", {INJECT: "false\x1f"}),
@@ -172,33 +169,6 @@ STRICT = [
     Case("strict-opted-out", {INJECT: "false"}),
     Case("strict-no-policies", {INJECT: " , ,"}),
 ]
-
-
-def normalized(pod: dict[str, Any]) -> dict[str, Any]:
-    """The stored pod without what differs between two creations of it."""
-    pod = copy.deepcopy(pod)
-    metadata = pod["metadata"]
-    for key in ("uid", "resourceVersion", "creationTimestamp", "managedFields"):
-        metadata.pop(key, None)
-    if "generateName" in metadata:
-        metadata["name"] = metadata["generateName"] + "(generated)"
-    text = re.sub(r"kube-api-access-[a-z0-9]{5}", "kube-api-access", json.dumps(pod))
-    normal: dict[str, Any] = json.loads(text)
-    return normal
-
-
-def kubectl(plane: ControlPlane, *args: str, stdin: str) -> None:
-    done = subprocess.run(["kubectl", "--kubeconfig", str(plane.kubeconfig), *args], input=stdin,
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
-
-
-def compile_stream(*args: str) -> str:
-    """`policies compile` in-process, with the suite's webhook's settings."""
-    result = CliRunner().invoke(cli, ["policies", "compile", "--default-policies", "logging",
-                                      *args], env={"POD_NAMESPACE": RELEASE_NAMESPACE})
-    assert result.exit_code == 0, result.output
-    return result.stdout
 
 
 Create = Callable[[Case], tuple[dict[str, Any], list[str]]]
@@ -347,6 +317,15 @@ if MINOR >= MINIMUM_MINOR:
         assert stamps["unknown"] == '{"policies":[],"skipped":"unknown-policy"}'
         assert stamps["opted-out"] == '{"policies":[],"skipped":"opted-out"}'
         assert stamps["no-policies"] == '{"policies":[],"skipped":"no-policies"}'
+        assert stamps["windows"] == '{"policies":[],"skipped":"unsupported-os"}'
+        windows = alone["windows"][0]["metadata"]["namespace"]
+        assert alone["windows"][1] == [
+            f"pod {windows}/pod-windows: injection policy '{name}' skipped: it supports linux, "
+            "and the pod runs on windows" for name in ("logging", "metrics-exporter")]
+        generated = alone["generate-name-unknown"][0]["metadata"]["namespace"]
+        assert alone["generate-name-unknown"][1] == [
+            f"pod {generated}/pod-generate-name-unknown-* was admitted without injection: unknown "
+            f"injection policy 'nope' (check the {INJECT} annotation)"]
         assert by_webhook["unknown-among-known"][1] == [
             f"pod {pod['metadata']['namespace']}/pod-unknown-among-known was admitted without "
             "injection: unknown injection policy 'nope', 'other' (check the "

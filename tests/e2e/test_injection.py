@@ -21,7 +21,7 @@ from tests.e2e.controlplane import K8S_VERSION, ROOT
 from tests.e2e.kube import ApiException, Kube, wait_for
 from tests.e2e.webhookconfig import INJECT
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.engines("compiled", "hybrid")]
 
 
 def status(pod: dict[str, Any]) -> dict[str, Any] | None:
@@ -97,12 +97,18 @@ def test_a_pod_annotation_list_is_applied_in_order(kube: Kube, namespace: NewNam
     assert status(pod)["policies"] == ["metrics-exporter", "logging"]  # type: ignore[index]
 
 
-def test_an_unknown_policy_reaches_the_client_as_a_warning(kube: Kube,
-                                                           namespace: NewNamespace) -> None:
-    pod, warnings = kube.create_pod(namespace(), pod_manifest(
-        "web", annotations={INJECT: "no-such-policy"}))
+@pytest.mark.parametrize("named", ["name", "generateName"])
+def test_an_unknown_policy_reaches_the_client_as_a_warning(kube: Kube, namespace: NewNamespace,
+                                                           named: str) -> None:
+    ns = namespace()
+    body = (pod_manifest("web", annotations={INJECT: "no-such-policy"}) if named == "name"
+            else pod_manifest(generate_name="web-", annotations={INJECT: "no-such-policy"}))
+    pod, warnings = kube.create_pod(ns, body)
     assert status(pod) == {"policies": [], "skipped": "unknown-policy"}
-    assert any("no-such-policy" in w for w in warnings), warnings
+    # a ReplicaSet's pod is named as the webhook saw it, before the apiserver named it
+    shown = "web" if named == "name" else "web-*"
+    assert warnings == [f"pod {ns}/{shown} was admitted without injection: unknown injection "
+                        f"policy 'no-such-policy' (check the {INJECT} annotation)"]
 
 
 def test_a_name_clash_is_denied_with_the_message(kube: Kube, namespace: NewNamespace) -> None:
@@ -157,6 +163,7 @@ def test_every_shipped_example_is_accepted_by_the_apiserver(kube: Kube, namespac
     assert status(pod)["policies"] == [example.stem]  # type: ignore[index]
 
 
+@pytest.mark.engines  # the webhook down: the compiled engines do not depend on it
 def test_failure_policy_fail_blocks_opted_in_pods_only(kube: Kube, namespace: NewNamespace,
                                                        webhook: Webhook,
                                                        register: Register) -> None:
@@ -181,6 +188,7 @@ def test_failure_policy_fail_blocks_opted_in_pods_only(kube: Kube, namespace: Ne
         webhook.start()
 
 
+@pytest.mark.engines  # the webhook down: the compiled engines do not depend on it
 def test_failure_policy_ignore_admits_unchanged(kube: Kube, namespace: NewNamespace,
                                                 webhook: Webhook, register: Register) -> None:
     ns = namespace()

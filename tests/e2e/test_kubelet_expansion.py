@@ -8,7 +8,7 @@ import pytest
 from tests.e2e.conftest import NewNamespace, Register, pod_manifest
 from tests.e2e.kube import Kube
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.engines("compiled", "hybrid")]
 
 
 def test_an_annotation_naming_a_variable_is_stored_escaped(

@@ -17,7 +17,8 @@ import pytest
 from tests.e2e.conftest import STATUS, NewNamespace, Register, pod_manifest
 from tests.e2e.kube import Kube
 
-pytestmark = pytest.mark.e2e
+# pods with pod-level resources are left to the webhook by the compiled policies
+pytestmark = [pytest.mark.e2e, pytest.mark.engines("hybrid")]
 INJECT = "sidecar.company.com/inject"
 APP: dict[str, Any] = {
     "name": "app", "image": "nginx:1.27",

@@ -18,7 +18,7 @@ from tests.unit.test_engine_cluster_rules import WINDOWS_AGENT
 from webhook.engine import EngineConfig, mutate
 from webhook.policy import load_policy_dir
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.engines("compiled", "hybrid")]
 INJECT = "sidecar.company.com/inject"
 
 

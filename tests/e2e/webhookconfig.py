@@ -23,6 +23,8 @@ RELEASE = "e2e"
 CONFIG_NAME = f"{RELEASE}-sidecar-injector"
 RELEASE_NAMESPACE = "sidecar-injector"
 INJECT = "sidecar.company.com/inject"
+#: the label of the namespaces where the compiled engines meet a test's pods (tests/e2e/engines)
+ENGINE_LABEL = "e2e.sidecar.company.com/engine"
 
 
 MUTATING = "MutatingWebhookConfiguration"
@@ -38,6 +40,10 @@ def webhook_configuration(*, url: str, ca_bundle: str, failure_policy: str,
                      namespace=namespace, release=release)
     (config,) = of_kind(objects, kind)
     assert config["metadata"]["name"] == f"{release}-sidecar-injector"
+    if kind == MUTATING:  # the compiled engine's twin namespaces are the compiled policies' only
+        for webhook in config["webhooks"]:
+            webhook["namespaceSelector"]["matchExpressions"].append(
+                {"key": ENGINE_LABEL, "operator": "NotIn", "values": ["compiled"]})
     return config
 
 
@@ -106,14 +112,17 @@ def policy_checks(plane: ControlPlane, policies: Collection[str]) -> float:
                if sample.name in POLICY_CHECKS and sample.labels.get("policy") in policies)
 
 
-def checked_by(plane: ControlPlane, kube: Kube, policies: Collection[str]) -> bool:
-    """Whether the apiserver checks a pod asking for injection in an opted-in namespace (created
-    as a dry run) with any of the admission `policies`: whether it applies them now. It loads
-    and drops a policy when its informer sees the change, not when the API call returns."""
-    namespace = kube.ensure_namespace("policy-probe", labels={INJECT: "enabled"})
+def checked_by(plane: ControlPlane, kube: Kube, policies: Collection[str],
+               namespace: str | None = None, asks: str = "logging") -> bool:
+    """Whether the apiserver checks a pod asking for injection (of `asks`) in an opted-in
+    namespace (created as a dry run; in `namespace` if given) with any of the admission
+    `policies`: whether it applies them now. It loads and drops a policy when its informer sees
+    the change, not when the API call returns. (A ValidatingAdmissionPolicy's check counts
+    only when it warns, denies or fails: ask for an unknown policy to see the warning one.)"""
+    namespace = namespace or kube.ensure_namespace("policy-probe", labels={INJECT: "enabled"})
     before = policy_checks(plane, policies)
     body = {"metadata": {"name": f"probe-{uuid.uuid4().hex[:6]}",
-                         "annotations": {INJECT: "logging"}},
+                         "annotations": {INJECT: asks}},
             "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}
     try:
         kube.create_pod(namespace, body, dry_run=True)
@@ -124,14 +133,17 @@ def checked_by(plane: ControlPlane, kube: Kube, policies: Collection[str]) -> bo
     return policy_checks(plane, policies) != before
 
 
-def wait_in_effect(plane: ControlPlane, kube: Kube, policies: Collection[str]) -> None:
-    """After the admission `policies` were applied, wait until the apiserver applies them."""
-    wait_for(lambda: checked_by(plane, kube, policies), 60,
+def wait_in_effect(plane: ControlPlane, kube: Kube, policies: Collection[str],
+                   namespace: str | None = None, asks: str = "logging") -> None:
+    """After the admission `policies` were applied, wait until the apiserver applies them (to
+    pods in `namespace`, if given, asking for `asks`)."""
+    wait_for(lambda: checked_by(plane, kube, policies, namespace, asks), 60,
              f"the apiserver to apply {', '.join(sorted(policies))}")
 
 
-def wait_retired(plane: ControlPlane, kube: Kube, policies: Collection[str]) -> None:
+def wait_retired(plane: ControlPlane, kube: Kube, policies: Collection[str],
+                 namespace: str | None = None) -> None:
     """After the admission `policies` were deleted, wait until the apiserver stops applying them
-    (until then they would stamp the next test's pods)."""
-    wait_for(lambda: not checked_by(plane, kube, policies), 60,
+    (until then they would stamp the next test's pods; in `namespace`, if given)."""
+    wait_for(lambda: not checked_by(plane, kube, policies, namespace), 60,
              f"the apiserver to stop applying {', '.join(sorted(policies))}")

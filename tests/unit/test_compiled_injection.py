@@ -23,6 +23,7 @@ from webhook.compiled import Target, compile_policies
 from webhook.compiled_injection import INJECT, Limits, value
 from webhook.engine import EngineConfig, Outcome, mutate, sample_pod_security
 from webhook.keys import Keys
+from webhook.platform import OperatingSystem, pod_os
 from webhook.podsecurity import ENFORCE_LABEL, Level, parse_level
 from webhook.policy import SERVICE_ACCOUNT_MOUNT_PATH, PolicySet, load_policy_dir
 from webhook.render import OnConflict
@@ -31,6 +32,7 @@ from webhook.selection import (
     Inject,
     Selection,
     Skip,
+    SkipReason,
     parse_policy_list,
     requested_policies,
 )
@@ -81,6 +83,16 @@ spec:
   imagePullSecrets:
     - {name: regcred}
     - {name: mirror}
+""",
+    "dual-agent": """\
+apiVersion: sidecar.company.com/v1alpha1
+kind: InjectionPolicy
+metadata:
+  name: dual-agent
+spec:
+  os: [linux, windows]
+  containers:
+    - {name: dual-agent, image: "busybox:1.37"}
 """,
     "privileged-agent": """\
 apiVersion: sidecar.company.com/v1alpha1
@@ -156,6 +168,7 @@ spec:
 """,
 }
 RESTRICTED = ["payments-agent", "audited-agent"]
+WINDOWS_TOO = "dual-agent"  # the one policy that supports Windows pods too
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +303,8 @@ def pods(draw: st.DrawFn, policy_names: list[str]) -> dict[str, Any]:
         "imagePullSecrets": [{"name": "regcred"}] if draw(st.booleans()) else [],
         "securityContext": draw(POD_SECURITY),
         "os": {"name": "windows"} if draw(st.integers(0, 9)) == 0 else None,
+        "nodeSelector": {"kubernetes.io/os": "windows"} if draw(st.integers(0, 19)) == 0
+        else None,
         "resources": {"limits": {"cpu": "2"}} if draw(st.integers(0, 9)) == 0 else None,
     })
     return {"metadata": metadata, "spec": spec}
@@ -317,8 +332,9 @@ def namespaces(draw: st.DrawFn, policy_names: list[str]) -> dict[str, Any]:
 def kept_by_the_webhook(pod: dict[str, Any], namespace: dict[str, Any],
                         policies: PolicySet, config: EngineConfig) -> bool:
     """The pods webhook.compiled_injection leaves to the webhook on purpose: pod-level
-    resources, Windows, a Pod Security level one of the requested policies may break, and a
-    namespace a requested policy's namespaceSelector excludes."""
+    resources, Windows pods asking for a policy that supports Windows, a Pod Security level one
+    of the requested policies may break, and a namespace a requested policy's namespaceSelector
+    excludes."""
     spec = pod["spec"]
     level = parse_level(namespace["metadata"].get("labels", {}).get(ENFORCE_LABEL))
     requested = requested_policies(pod["metadata"], namespace=NAMESPACE,
@@ -332,7 +348,8 @@ def kept_by_the_webhook(pod: dict[str, Any], namespace: dict[str, Any],
     labels = namespace["metadata"].get("labels", {})
     excluded = any(name in policies and (selector := policies[name].namespaces) is not None
                    and not selector.matches(labels) for name in requested)
-    return "resources" in spec or "os" in spec or risky or excluded
+    windows = pod_os(spec) is OperatingSystem.WINDOWS and WINDOWS_TOO in requested
+    return "resources" in spec or windows or risky or excluded
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -350,10 +367,34 @@ def test_the_compiled_policy_injects_as_the_engine(
     if decision == INJECT:
         assert isinstance(outcome.decision, Inject)
         assert applied(pod, ops) == applied(pod, outcome.patch)
-    elif isinstance(outcome.decision, Inject) and not outcome.warnings:
-        # the engine injects with nothing to say: only a pod kept on purpose is not compiled's
+    elif decision == SkipReason.UNSUPPORTED_OS.value:  # a Windows pod, Linux policies only
+        assert isinstance(outcome.decision, Skip), outcome
+        assert outcome.decision.reason is SkipReason.UNSUPPORTED_OS
+        assert applied(pod, ops) == applied(pod, outcome.patch)
+        # the apiserver gives them in the warning policy's order: the policies' names
+        assert warned(policies, config, applied(pod, ops), namespace) == sorted(
+            outcome.warnings)
+    elif (isinstance(outcome.decision, Inject) and not outcome.warnings) or (
+            isinstance(outcome.decision, Skip)
+            and outcome.decision.reason is SkipReason.UNSUPPORTED_OS):
+        # the engine injects with nothing to say, or skips a Windows pod: only a pod kept on
+        # purpose is not compiled's
         assert decision == ""
         assert kept_by_the_webhook(pod, namespace, policies, config)
+
+
+def warned(policies: PolicySet, config: EngineConfig, stored: dict[str, Any],
+           namespace: dict[str, Any]) -> list[str]:
+    """The warning policy's warnings for `stored` (the pod after the engine policy; named by
+    the apiserver if it had only a generateName)."""
+    warn = engine_spec(policies, config, "sidecar-injector-warn")
+    metadata = stored["metadata"]
+    if "name" not in metadata:
+        metadata = {**metadata, "name": metadata["generateName"] + "x7b2q"}
+    data = {"object": {**stored, "metadata": metadata}, "namespaceObject": namespace}
+    data["variables"] = run_variables(warn, data)
+    return [evaluate(validation["messageExpression"], data)
+            for validation in warn["validations"] if not evaluate(validation["expression"], data)]
 
 
 #: what the webhook injects in a namespace with these labels (payments-agent: team=payments,
@@ -565,3 +606,31 @@ def test_each_kind_of_clash_is_denied_with_the_webhooks_words(
     assert not evaluate(validation["expression"], {**scope, "variables": variables})
     assert evaluate(validation["messageExpression"], {**scope, "variables": variables}) == (
         outcome.message)
+
+
+@pytest.mark.parametrize("named", ["name", "generateName"])
+@pytest.mark.parametrize("windows", [
+    {"os": {"name": "windows"}}, {"nodeSelector": {"kubernetes.io/os": "windows"}},
+    # skipped before anything is rendered: pod-level resources do not matter
+    {"os": {"name": "windows"}, "resources": {"limits": {"cpu": "2"}}}])
+def test_a_windows_pod_asking_for_linux_policies_is_skipped_as_the_webhook_skips_it(
+    policies: PolicySet, windows: dict[str, Any], named: str,
+) -> None:
+    config = EngineConfig(selection=Selection(keys=KEYS, default_policies=("logging",),
+                                              own_namespace=OWN))
+    metadata = {"name" if named == "name" else "generateName": "web-7d9f-", "namespace": NAMESPACE,
+                "annotations": {KEYS.inject: "metrics-exporter, logging"}}
+    pod = {"metadata": metadata,
+           "spec": {"containers": [{"name": "app", "image": "app:1"}], **windows}}
+    namespace = {"metadata": {"name": NAMESPACE, "labels": {KEYS.inject: "enabled"}}}
+    decision, ops = compiled_ops(engine_spec(policies, config), pod, namespace)
+    outcome = engine_outcome(policies, config, pod, namespace)
+    assert decision == SkipReason.UNSUPPORTED_OS.value
+    assert applied(pod, ops) == applied(pod, outcome.patch)
+    shown = "web-7d9f-" if named == "name" else "web-7d9f-*"
+    assert warned(policies, config, applied(pod, ops), namespace) == sorted(outcome.warnings) == [
+        f"pod {NAMESPACE}/{shown}: injection policy '{name}' skipped: it supports linux, and the "
+        "pod runs on windows" for name in ("logging", "metrics-exporter")]
+    # one policy that supports Windows too, and the pod is the webhook's
+    pod["metadata"]["annotations"][KEYS.inject] = f"logging, {WINDOWS_TOO}"
+    assert compiled_ops(engine_spec(policies, config), pod, namespace)[0] == ""
