@@ -41,6 +41,7 @@ from webhook.compiled_injection import (
     SHOWN_POD,
     WINDOWS_POD,
     Compilable,
+    around,
     clash_denial,
     injection,
     literal,
@@ -262,16 +263,6 @@ def _binding(kind: str, policy: str, suffix: str, labels: dict[str, str], spec: 
             "spec": {"policyName": policy, **spec}}
 
 
-def _around(text: str, *markers: str) -> list[str]:
-    """`text` cut at each marker, in order: the constant pieces between the values."""
-    pieces = []
-    for marker in markers:
-        head, found, text = text.partition(marker)
-        assert found, f"{marker!r} missing from {text!r}"
-        pieces.append(head)
-    return [*pieces, text]
-
-
 class _Cel:
     """The CEL expressions of the engine policy and the warning policy."""
 
@@ -324,7 +315,7 @@ class _Cel:
         ]
         self.compilable = Compilable.of(policies)
         self.uncompiled = self.compilable.uncompiled
-        head, tail = _around(skipped_status(HOLE[0]), HOLE[0])
+        head, tail = around(skipped_status(HOLE[0]), HOLE[0])
         stamp = f"{literal(head)} + variables.decision + {literal(tail)}"
         status = literal(f"/metadata/annotations/{escape(keys.status)}")
         self.engine_variables = [
@@ -367,14 +358,14 @@ class _Cel:
         ]
         self.os_warnings = os_warnings(compiled, pod)
         listed = "variables.unknown.map(n, \"'\" + n + \"'\").join(', ')"
-        start, middle, end = _around(unknown_policy_warning(*HOLE, keys), *HOLE)
+        start, middle, end = around(unknown_policy_warning(*HOLE, keys), *HOLE)
         self.unknown_warning = (
             f"{literal(start)} + {pod} + {literal(middle)} + {listed} + {literal(end)}")
         # --strict: the engine denies a pod that is not skipped and names an unknown policy
         self.not_denied_unknown = ("variables.leftToWebhook || variables.skip != '' || "
                                    "size(variables.unknown) == 0")
         known_names = policies.names()
-        start, middle, end = _around(unknown_policy_denial(*HOLE, known_names), *HOLE)
+        start, middle, end = around(unknown_policy_denial(*HOLE, known_names), *HOLE)
         self.unknown_denial = (
             f"{literal(start)} + {pod} + {literal(middle)} + {listed} + {literal(end)}")
         self.unknown_denial_fallback = unknown_policy_denial("(a pod)", "(see its annotation)",

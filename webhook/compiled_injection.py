@@ -356,6 +356,7 @@ SHOWN_POD = (
     f"{_GENERATE_NAME} + '*' : object.metadata.name)")
 SPEC = "object.spec"
 POD_HOLE = "<<pod>>"  # where a message's pod name goes
+NAME_HOLE = "<<name>>"  # where a message's policy name goes
 INITS = f"(has({SPEC}.initContainers) ? {SPEC}.initContainers : [])"
 APPS = f"(has({SPEC}.containers) ? {SPEC}.containers : [])"
 VOLUMES = f"(has({SPEC}.volumes) ? {SPEC}.volumes : [])"
@@ -440,20 +441,28 @@ def skipped_for_os(policies: list[CompiledPolicy]) -> str:
 
 
 def os_warnings(policies: list[CompiledPolicy], pod: str) -> list[Obj]:
-    """The warnings of an `unsupported-os` skip, one validation per policy that can be named in
-    it (the variable `osSkipped` holds whether the pod was skipped so), in the webhook's words:
-    `pod` is the CEL of the pod's `namespace/name`."""
-    validations = []
-    for policy in policies:
-        if OperatingSystem.WINDOWS in policy.systems:
-            continue
-        head, tail = unsupported_os_warning(POD_HOLE, policy, OperatingSystem.WINDOWS).split(
-            POD_HOLE)
-        validations.append({
-            "expression": f"!(variables.osSkipped && {literal(policy.name)} in variables.chosen)",
-            "messageExpression": f"{literal(head)} + {pod} + {literal(tail)}",
-            "message": f"{head}(a Windows pod){tail}"})
-    return validations
+    """The warnings of an `unsupported-os` skip in the webhook's words and order: validation i
+    names the i-th chosen policy (all of them Linux-only when the variable `osSkipped` holds),
+    as many as there are such policies; `pod` is the CEL of the pod's `namespace/name`."""
+    linux_only = [p for p in policies if OperatingSystem.WINDOWS not in p.systems]
+    head, middle, tail = around(unsupported_os_warning(
+        POD_HOLE, NAME_HOLE, [OperatingSystem.LINUX], OperatingSystem.WINDOWS),
+        POD_HOLE, NAME_HOLE)
+    return [{"expression": f"!(variables.osSkipped && size(variables.chosen) > {i})",
+             "messageExpression": (f"{literal(head)} + {pod} + {literal(middle)} + "
+                                   f"variables.chosen[{i}] + {literal(tail)}"),
+             "message": f"{head}(a Windows pod){middle}(a Linux policy){tail}"}
+            for i in range(len(linux_only))]
+
+
+def around(text: str, *markers: str) -> list[str]:
+    """`text` cut at each marker, in order: the constant pieces between the values."""
+    pieces = []
+    for marker in markers:
+        head, found, text = text.partition(marker)
+        assert found, f"{marker!r} missing from {text!r}"
+        pieces.append(head)
+    return [*pieces, text]
 
 
 @dataclass(frozen=True, slots=True)

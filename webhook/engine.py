@@ -18,7 +18,7 @@ is not a pod) or a `Skip`, never an exception.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -175,7 +175,7 @@ def _rules(pod: dict[str, Any], view: PodView, options: RenderOptions, *,
         (SkipReason.NAMESPACE_NOT_ALLOWED, lambda chosen: _namespace_problems(
             f"pod {view.name}", view.namespace, chosen, namespace_labels)),
         (SkipReason.UNSUPPORTED_OS, lambda chosen: [
-            (policy, unsupported_os_warning(view.name, policy, system))
+            (policy, unsupported_os_warning(view.name, policy.name, policy.systems, system))
             for policy in chosen if system not in policy.systems])]
     if pod_security in (Level.BASELINE, Level.RESTRICTED):
         rules.append((SkipReason.POD_SECURITY, lambda chosen: _pod_security_problems(
@@ -183,10 +183,12 @@ def _rules(pod: dict[str, Any], view: PodView, options: RenderOptions, *,
     return rules
 
 
-def unsupported_os_warning(pod: str, policy: CompiledPolicy, system: OperatingSystem) -> str:
-    """The warning for `policy` left out of `pod` (`namespace/name`), which runs on `system`."""
-    return (f"pod {pod}: injection policy {policy.name!r} skipped: it supports "
-            f"{', '.join(sorted(policy.systems))}, and the pod runs on {system.value}")
+def unsupported_os_warning(pod: str, policy: str, systems: Iterable[OperatingSystem],
+                           system: OperatingSystem) -> str:
+    """The warning for `policy` (which supports `systems`) left out of `pod` (`namespace/name`),
+    which runs on `system`."""
+    return (f"pod {pod}: injection policy {policy!r} skipped: it supports "
+            f"{', '.join(sorted(systems))}, and the pod runs on {system.value}")
 
 
 def _namespace_problems(subject: str, namespace: str, chosen: Sequence[CompiledPolicy],

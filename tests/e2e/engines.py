@@ -34,7 +34,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.e2e.controlplane import ControlPlane
-from tests.e2e.kube import ApiException, Kube
+from tests.e2e.kube import ApiException, Kube, warnings_of
 from tests.e2e.webhookconfig import (
     ENGINE_LABEL,
     INJECT,
@@ -57,7 +57,7 @@ NOT_TWINNED = frozenset({"default", "kube-system", "kube-public", "kube-node-lea
                          RELEASE_NAMESPACE})
 
 Obj = dict[str, Any]
-Outcome = tuple[Any, ...]  # ("admitted", pod, warnings) or ("denied", code, message)
+Outcome = tuple[Any, ...]  # ("admitted", pod, warnings), ("denied", code, message, warnings)
 
 
 def normalized(pod: Obj) -> Obj:
@@ -98,16 +98,18 @@ def created(create_pod: Callable[..., tuple[Obj, list[str]]], namespace: str, bo
 
 
 def outcome(result: tuple[Obj, list[str]] | ApiException) -> Outcome:
-    """A pod creation's result to compare: the stored pod and its warnings (the VAP's wrapper
-    taken off), or the denial's status code and message (without the words naming who denied
-    it)."""
+    """A pod creation's result to compare: the stored pod and its warnings in the order the
+    client got them (the VAP's wrapper taken off), or the denial's status code and message
+    (without the words naming who denied it), or another failure's code and message."""
     if isinstance(result, ApiException):
-        message = json.loads(result.body or "{}").get("message", "")
+        message = json.loads(result.body or "{}").get("message", "") or str(result)
         by = DENIED_BY.match(message)
-        assert by is not None, message
-        return "denied", result.status, message[by.end():]
+        warnings = [VAP_WARNING.sub("", w) for w in warnings_of(result.headers)]
+        if by is None:
+            return "failed", result.status, message, warnings
+        return "denied", result.status, message[by.end():], warnings
     pod, warnings = result
-    return "admitted", normalized(pod), sorted(VAP_WARNING.sub("", w) for w in warnings)
+    return "admitted", normalized(pod), [VAP_WARNING.sub("", w) for w in warnings]
 
 
 def _bound_to(stream: str, engine: str) -> str:

@@ -12,7 +12,7 @@ from kubernetes.client import ApiException
 
 Obj = dict[str, Any]
 
-__all__ = ["ApiException", "Kube", "wait_for"]
+__all__ = ["ApiException", "Kube", "wait_for", "warnings_of"]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -44,7 +44,7 @@ class Kube:
         """Create a pod; the stored pod and the admission warnings the client received."""
         kwargs = {"dry_run": "All"} if dry_run else {}
         pod, _, headers = self.core.create_namespaced_pod_with_http_info(namespace, body, **kwargs)
-        return self.plain(pod), _warnings(headers)
+        return self.plain(pod), warnings_of(headers)
 
     def list_pods(self, namespace: str, selector: str = "") -> list[Obj]:
         found = self.core.list_namespaced_pod(namespace, label_selector=selector)
@@ -59,7 +59,7 @@ class Kube:
         kwargs = {"dry_run": "All"} if dry_run else {}
         _, _, headers = self.apps.create_namespaced_deployment_with_http_info(
             namespace, body, **kwargs)
-        return _warnings(headers)
+        return warnings_of(headers)
 
     def ensure_namespace(self, name: str, *, labels: dict[str, str] | None = None,
                          annotations: dict[str, str] | None = None) -> str:
@@ -119,7 +119,7 @@ class Kube:
         return True
 
 
-def _warnings(headers: Any) -> list[str]:
+def warnings_of(headers: Any) -> list[str]:
     """The texts of the `Warning` response headers (`299 - "text"`)."""
     return [w.split('"', 1)[1].rsplit('"', 1)[0] if '"' in w else w
             for w in _header_values(headers, "Warning")]
