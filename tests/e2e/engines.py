@@ -149,8 +149,13 @@ class Twins:
         labels[ENGINE_LABEL] = engine
         annotations = source.get("annotations") or {}
         twin = f"{namespace}-{engine}"
-        if self._made.get((namespace, engine)) != (labels, annotations):
+        made = self._made.get((namespace, engine))
+        if made != (labels, annotations):
             self.kube.ensure_namespace(twin, labels=labels, annotations=annotations)
+            if made is not None:  # what the original no longer has, its twin loses too
+                self.kube.core.patch_namespace(twin, {"metadata": {
+                    "labels": dict.fromkeys(made[0].keys() - labels.keys()),
+                    "annotations": dict.fromkeys(made[1].keys() - annotations.keys())}})
             self._made[(namespace, engine)] = (labels, annotations)
         accounts = [{account.metadata.name for account in
                      self.kube.core.list_namespaced_service_account(each).items}

@@ -85,6 +85,23 @@ def test_namespace_annotation_defaults_apply(kube: Kube, namespace: NewNamespace
     wait_for(injected_with_namespace_default, 30, "the webhook to see the namespace annotation")
 
 
+def test_a_namespace_default_taken_away_gives_way_to_the_global_default(
+    kube: Kube, namespace: NewNamespace,
+) -> None:
+    ns = namespace(annotations={"sidecar.company.com/policies": "metrics-exporter"})
+
+    def injected_with(policies: list[str]) -> bool:
+        pod, _ = kube.create_pod(ns, pod_manifest(generate_name="web-"), dry_run=True)
+        return (status(pod) or {}).get("policies") == policies
+
+    wait_for(lambda: injected_with(["metrics-exporter"]), 30,
+             "the webhook to see the namespace annotation")
+    kube.core.patch_namespace(ns, {"metadata": {"annotations": {
+        "sidecar.company.com/policies": None}}})
+    wait_for(lambda: injected_with(["logging"]), 30,
+             "the webhook to see the namespace annotation go")
+
+
 def test_without_any_annotation_the_global_default_applies(kube: Kube,
                                                            namespace: NewNamespace) -> None:
     pod, _ = kube.create_pod(namespace(), pod_manifest("web"))
