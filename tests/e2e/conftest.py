@@ -80,8 +80,8 @@ def twins(control_plane: ControlPlane, kube: Kube) -> Iterator[Twins]:
 @pytest.fixture(autouse=True)
 def _both_engines(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
                   ) -> Iterator[None]:
-    """In a test marked `engines(...)`, every pod is created once more through each engine named,
-    and must come out the same (tests/e2e/engines)."""
+    """In a test marked `engines(...)`, every pod and Deployment is created once more through each
+    engine named, and its pods must come out the same (tests/e2e/engines)."""
     marker = request.node.get_closest_marker("engines")
     if marker is None or not marker.args or MINOR < MINIMUM_MINOR:
         yield
@@ -90,6 +90,7 @@ def _both_engines(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     kube: Kube = request.getfixturevalue("kube")
     twins: Twins = request.getfixturevalue("twins")
     monkeypatch.setattr(kube, "create_pod", twins.wrap(tuple(marker.args)))
+    monkeypatch.setattr(kube, "create_deployment", twins.wrap_deployments(tuple(marker.args)))
     yield
     differences = twins.differences()
     assert not differences, "\n".join(differences)

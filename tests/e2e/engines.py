@@ -11,7 +11,9 @@ The test's own assertions run on the original, as they always did; when the test
 twin must have come out as its original did, after the usual normalisation (the namespace's name
 put back): the same stored pod and warnings, or the same denial's status code and message. A
 pod created more than once alike (a test waiting for the webhook to see a change) is compared
-as it came out the last time. The twin namespace gets the ServiceAccounts the original has.
+as it came out the last time. A Deployment is created again in the twins too (not as a dry run),
+and the pods its ReplicaSet makes must come out the same. The twin namespace gets the
+ServiceAccounts the original has, and loses what the original loses.
 
 `engines` with no engine marks a test that is about the webhook itself (its failure policy,
 its reinvocation): its pods meet the webhook only. A namespace the test did not make (a system
@@ -34,7 +36,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.e2e.controlplane import ControlPlane
-from tests.e2e.kube import ApiException, Kube, warnings_of
+from tests.e2e.kube import ApiException, Kube, wait_for, warnings_of
 from tests.e2e.webhookconfig import (
     ENGINE_LABEL,
     INJECT,
@@ -68,6 +70,8 @@ def normalized(pod: Obj) -> Obj:
         metadata.pop(key, None)
     if "generateName" in metadata:
         metadata["name"] = metadata["generateName"] + "(generated)"
+    for owner in metadata.get("ownerReferences", []):  # a ReplicaSet's pod: its own ReplicaSet
+        owner["uid"] = "(uid)"
     text = re.sub(r"kube-api-access-[a-z0-9]{5}", "kube-api-access", json.dumps(pod))
     normal: Obj = json.loads(text)
     return normal
@@ -137,8 +141,11 @@ class Twins:
         self.kube = kube
         self.create_pod = kube.create_pod  # the unwrapped call
         self._made: dict[tuple[str, str], tuple[Mapping[str, str], Mapping[str, str]]] = {}
+        self.create_deployment = kube.create_deployment
         #: per pod created (its namespace and body): the webhook's outcome and each engine's
         self._results: dict[str, tuple[Outcome, dict[str, Outcome]]] = {}
+        #: Deployments created again in a twin: (namespace, twin, engine, body)
+        self._deployments: list[tuple[str, str, str, Obj]] = []
 
     def namespace(self, namespace: str, engine: str) -> str:
         """The twin of `namespace` for `engine`, made (or brought up to date) now, with the
@@ -182,6 +189,32 @@ class Twins:
 
         return create_pod
 
+    def wrap_deployments(self, engines: tuple[str, ...]) -> Callable[..., list[str]]:
+        """`Kube.create_deployment` that also creates the Deployment (unless a dry run) in its
+        `engines`' twin namespaces, for `differences` to compare their pods."""
+
+        def create_deployment(namespace: str, body: Obj, *, dry_run: bool = False) -> list[str]:
+            warnings = self.create_deployment(namespace, copy.deepcopy(body), dry_run=dry_run)
+            if namespace not in NOT_TWINNED and not dry_run:
+                for engine in engines:
+                    twin = self.namespace(namespace, engine)
+                    self.create_deployment(twin, copy.deepcopy(body))
+                    self._deployments.append((namespace, twin, engine, body))
+            return warnings
+
+        return create_deployment
+
+    def _pods_of(self, namespace: str, body: Obj) -> list[Obj]:
+        """The pods of the Deployment `body` in `namespace`, once the controllers made them all,
+        normalised and in a stable order."""
+        labels = body["spec"]["selector"]["matchLabels"]
+        selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+        replicas = body["spec"].get("replicas", 1)
+        wait_for(lambda: len(self.kube.list_pods(namespace, selector)) == replicas, 90,
+                 f"the {replicas} pods of Deployment {namespace}/{body['metadata']['name']}")
+        return sorted((normalized(pod) for pod in self.kube.list_pods(namespace, selector)),
+                      key=lambda pod: json.dumps(pod, sort_keys=True))
+
     def differences(self) -> list[str]:
         """Each engine's result that is not the webhook's, for the pods created since the last
         call; a pod created more than once alike (a test waiting for a result) counts as it
@@ -192,14 +225,26 @@ class Twins:
             pod = body["metadata"].get("name") or body["metadata"].get("generateName")
             for engine, outcome_ in got.items():
                 if outcome_ != expected:
-                    diff = difflib.unified_diff(
-                        json.dumps(expected, indent=1, sort_keys=True).splitlines(),
-                        json.dumps(outcome_, indent=1, sort_keys=True).splitlines(),
-                        "webhook", engine, lineterm="", n=2)
                     found.append(f"pod {pod} in {namespace}: the {engine} engine's result is not "
-                                 "the webhook's:\n" + "\n".join(list(diff)[:60]))
+                                 "the webhook's:\n" + _diff(expected, outcome_, engine))
+        for namespace, twin, engine, body in self._deployments:
+            pods = ("pods", self._pods_of(namespace, body))
+            twins = _renamed(("pods", self._pods_of(twin, body)), twin, namespace)
+            if twins != pods:
+                found.append(f"Deployment {body['metadata']['name']} in {namespace}: the "
+                             f"{engine} engine's pods are not the webhook's:\n"
+                             + _diff(pods, twins, engine))
         self._results.clear()
+        self._deployments.clear()
         return found
+
+
+def _diff(expected: Outcome, got: Outcome, engine: str) -> str:
+    """The first lines of a diff from the webhook's result to `engine`'s."""
+    lines = difflib.unified_diff(json.dumps(expected, indent=1, sort_keys=True).splitlines(),
+                                 json.dumps(got, indent=1, sort_keys=True).splitlines(),
+                                 "webhook", engine, lineterm="", n=2)
+    return "\n".join(list(lines)[:60])
 
 
 def _renamed(found: Outcome, twin: str, namespace: str) -> Outcome:
