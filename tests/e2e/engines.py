@@ -93,10 +93,10 @@ def compile_stream(*args: str) -> str:
 
 def created(create_pod: Callable[..., tuple[Obj, list[str]]], namespace: str, body: Obj, *,
             dry_run: bool) -> tuple[Obj, list[str]] | ApiException:
-    """What `create_pod` (Kube.create_pod) returned for a copy of `body`, or the ApiException it
-    raised."""
+    """What `create_pod` (Kube.create_pod) returned for a copy of `body` (the pod as the
+    apiserver sent it, every field), or the ApiException it raised."""
     try:
-        return create_pod(namespace, copy.deepcopy(body), dry_run=dry_run)
+        return create_pod(namespace, copy.deepcopy(body), dry_run=dry_run, raw=True)
     except ApiException as exc:
         return exc
 
@@ -212,7 +212,8 @@ class Twins:
         replicas = body["spec"].get("replicas", 1)
         wait_for(lambda: len(self.kube.list_pods(namespace, selector)) == replicas, 90,
                  f"the {replicas} pods of Deployment {namespace}/{body['metadata']['name']}")
-        return sorted((normalized(pod) for pod in self.kube.list_pods(namespace, selector)),
+        return sorted((normalized(pod) for pod in self.kube.list_pods(namespace, selector,
+                                                                       raw=True)),
                       key=lambda pod: json.dumps(pod, sort_keys=True))
 
     def differences(self) -> list[str]:

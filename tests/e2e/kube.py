@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -39,14 +40,26 @@ class Kube:
         result: Obj = self.api.sanitize_for_serialization(obj)
         return result
 
-    def create_pod(self, namespace: str, body: Obj, *, dry_run: bool = False,
+    def create_pod(self, namespace: str, body: Obj, *, dry_run: bool = False, raw: bool = False,
                    ) -> tuple[Obj, list[str]]:
-        """Create a pod; the stored pod and the admission warnings the client received."""
+        """Create a pod; the stored pod and the admission warnings the client received. `raw`:
+        the pod as the apiserver sent it, with the fields this client's models do not know."""
         kwargs = {"dry_run": "All"} if dry_run else {}
+        if raw:
+            response = self.core.create_namespaced_pod_with_http_info(
+                namespace, body, _preload_content=False, **kwargs)
+            stored: Obj = json.loads(response.data)
+            return stored, warnings_of(response.headers)
         pod, _, headers = self.core.create_namespaced_pod_with_http_info(namespace, body, **kwargs)
         return self.plain(pod), warnings_of(headers)
 
-    def list_pods(self, namespace: str, selector: str = "") -> list[Obj]:
+    def list_pods(self, namespace: str, selector: str = "", *, raw: bool = False) -> list[Obj]:
+        """The pods in `namespace` (with these labels); `raw`: as the apiserver sent them."""
+        if raw:
+            response = self.core.list_namespaced_pod(namespace, label_selector=selector,
+                                                     _preload_content=False)
+            pods: list[Obj] = json.loads(response.data)["items"]
+            return pods
         found = self.core.list_namespaced_pod(namespace, label_selector=selector)
         return [self.plain(p) for p in found.items]
 
