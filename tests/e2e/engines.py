@@ -139,9 +139,10 @@ class Twins:
 
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
-        self.create_pod = kube.create_pod  # the unwrapped call
-        self._made: dict[tuple[str, str], tuple[Mapping[str, str], Mapping[str, str]]] = {}
+        self.create_pod = kube.create_pod  # the unwrapped calls
         self.create_deployment = kube.create_deployment
+        #: per twin made (original, engine): the labels and annotations it was given
+        self._made: dict[tuple[str, str], tuple[Mapping[str, str], Mapping[str, str]]] = {}
         #: per pod created (its namespace and body): the webhook's outcome and each engine's
         self._results: dict[str, tuple[Outcome, dict[str, Outcome]]] = {}
         #: Deployments created again in a twin: (namespace, twin, engine, body)
