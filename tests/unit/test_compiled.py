@@ -199,9 +199,16 @@ def test_every_shipped_policy_compiles() -> None:
 def test_compile_names_the_pods_it_leaves_to_the_webhook_whatever_they_ask_for(
     write_policies: WritePolicies,
 ) -> None:
-    """A policy that may break a Pod Security level, one restricted to some namespaces, and
-    --on-conflict skip's clashes."""
-    directory = write_policies(privileged="""\
+    """A policy that may break a Pod Security level, one restricted to some namespaces, one
+    that supports Windows pods too, and --on-conflict skip's clashes."""
+    directory = write_policies(dual="""\
+        apiVersion: sidecar.company.com/v1alpha1
+        kind: InjectionPolicy
+        metadata: {name: dual-agent}
+        spec:
+          os: [linux, windows]
+          containers: [{name: dual-agent, image: "busybox:1.37"}]
+        """, privileged="""\
         apiVersion: sidecar.company.com/v1alpha1
         kind: InjectionPolicy
         metadata: {name: node-agent}
@@ -222,10 +229,10 @@ def test_compile_names_the_pods_it_leaves_to_the_webhook_whatever_they_ask_for(
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [
         "warning: left to the webhook, and admitted uninjected without one: pods with pod-level "
-        "spec.resources; pods too large for the CEL cost limits; name clashes under "
-        "--on-conflict skip; pods in a namespace enforcing a Pod Security level that "
-        "'node-agent', 'vault-agent' may break; pods asking for 'vault-agent' in a namespace its "
-        "namespaceSelector excludes (docs/spec.md)"]
+        "spec.resources; Windows pods asking for 'dual-agent'; pods too large for the CEL cost "
+        "limits; name clashes under --on-conflict skip; pods in a namespace enforcing a Pod "
+        "Security level that 'dual-agent', 'node-agent', 'vault-agent' may break; pods asking "
+        "for 'vault-agent' in a namespace its namespaceSelector excludes (docs/spec.md)"]
     hybrid = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--policies",
                                       str(directory)], env={"POD_NAMESPACE": "sidecar-injector"})
     assert hybrid.stderr == ""
