@@ -437,14 +437,28 @@ spec:
              namespace_labels={"team": "shop"}),
     ]
 
+    DUAL_AGENT = """\
+apiVersion: sidecar.company.com/v1alpha1
+kind: InjectionPolicy
+metadata: {name: dual-agent}
+spec:
+  os: [linux, windows]
+  containers: [{name: dual-agent, image: "busybox:1.37"}]
+"""
+    #: a Windows pod asking for a policy that supports Windows, and a Linux one: the webhook's
+    #: (it injects the first and refuses the second)
+    WINDOWS_TOO = [Case("windows-dual", {INJECT: "dual-agent,logging"},
+                        spec={"os": {"name": "windows"}})]
+
     @pytest.fixture(scope="module")
     def restricted(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
                    ) -> Iterator[tuple[Path, dict[str, Any]]]:
-        """The shipped policies and payments-agent, and the webhook serving them: its policy
-        directory and webhook configuration."""
+        """The shipped policies, payments-agent and dual-agent, and the webhook serving them:
+        its policy directory and webhook configuration."""
         policies = tmp_path_factory.mktemp("restricted-policies")
         shutil.copytree(POLICIES, policies, dirs_exist_ok=True)
         (policies / "payments-agent.yaml").write_text(PAYMENTS_AGENT)
+        (policies / "dual-agent.yaml").write_text(DUAL_AGENT)
         server = Webhook(tmp_path_factory.mktemp("restricted-webhook"), control_plane.kubeconfig,
                          control_plane.logs, log_name="restricted-webhook.log",
                          policies=policies)
@@ -463,31 +477,41 @@ spec:
         return "namespace-not-allowed" in (pod["metadata"].get("annotations") or {}).get(
             STATUS, "")
 
-    def test_a_policy_restricted_to_some_namespaces_decides_alike_through_both_engines(
+    def test_a_policy_restricted_to_some_namespaces_or_for_windows_too_decides_alike(
         control_plane: ControlPlane, kube: Kube, register: Register, create: Create,
         restricted: tuple[Path, dict[str, Any]],
     ) -> None:
+        """Through both engines: hybrid gives what the webhook gives; alone, the compiled
+        policies inject where they can and leave the rest unstamped."""
         policies, config = restricted
+        cases = RESTRICTED + WINDOWS_TOO
         with instead_of_the_suites_webhook(kube, config):
             probe = kube.ensure_namespace("restricted-probe", labels={INJECT: "enabled"})
             wait_for(lambda: _refused_by_webhook(kube, probe), 60,
                      "the webhook with payments-agent to take effect")
-            by_webhook = {case.name: create(case) for case in RESTRICTED}
+            by_webhook = {case.name: create(case) for case in cases}
             with compiled(control_plane, kube, compile_stream("--hybrid", "--policies",
                                                               str(policies))):
-                both = {case.name: create(case) for case in RESTRICTED}
+                both = {case.name: create(case) for case in cases}
         with without_the_webhook(kube, register), \
                 compiled(control_plane, kube, compile_stream("--policies", str(policies))):
-            alone = {case.name: create(case) for case in RESTRICTED}
+            alone = {case.name: create(case) for case in cases}
         assert both == by_webhook
         assert alone["restricted-inside"] == by_webhook["restricted-inside"]
         stamp = json.loads(alone["restricted-inside"][0]["metadata"]["annotations"][STATUS])
         assert stamp["policies"] == ["payments-agent", "logging"]
-        for name in ("restricted-outside", "restricted-only-outside"):
-            # the compiled policies leave the pod be; the webhook refuses payments-agent only
+        for name in ("restricted-outside", "restricted-only-outside", "windows-dual"):
+            # the compiled policies leave the pod be
             pod, warnings = alone[name]
             assert STATUS not in (pod["metadata"].get("annotations") or {}), name
             assert warnings == [], name
+        dual = by_webhook["windows-dual"]
+        stamp = json.loads(dual[0]["metadata"]["annotations"][STATUS])
+        assert (stamp["policies"], stamp["refused"]) == (["dual-agent"],
+                                                         {"logging": "unsupported-os"})
+        assert [w for w in dual[1] if "'logging' skipped: it supports linux" in w], dual[1]
+        for name in ("restricted-outside", "restricted-only-outside"):
+            # the webhook refuses payments-agent only
             pod, warnings = by_webhook[name]
             assert any("'payments-agent' skipped: it is restricted to namespaces matching "
                        "team=payments,env notin (dev)" in w for w in warnings), warnings
