@@ -38,6 +38,7 @@ from tests.e2e.webhookconfig import (
     wait_retired,
     webhook_configuration,
 )
+from tests.unit.test_compiled_injection import EXTRA
 from webhook.cli import cli
 from webhook.compiled import MINIMUM_MINOR
 from webhook.compiled_injection import Limits
@@ -437,14 +438,6 @@ spec:
              namespace_labels={"team": "shop"}),
     ]
 
-    DUAL_AGENT = """\
-apiVersion: sidecar.company.com/v1alpha1
-kind: InjectionPolicy
-metadata: {name: dual-agent}
-spec:
-  os: [linux, windows]
-  containers: [{name: dual-agent, image: "busybox:1.37"}]
-"""
     #: a Windows pod asking for a policy that supports Windows, and a Linux one: the webhook's
     #: (it injects the first and refuses the second)
     WINDOWS_TOO = [Case("windows-dual", {INJECT: "dual-agent,logging"},
@@ -458,7 +451,7 @@ spec:
         policies = tmp_path_factory.mktemp("restricted-policies")
         shutil.copytree(POLICIES, policies, dirs_exist_ok=True)
         (policies / "payments-agent.yaml").write_text(PAYMENTS_AGENT)
-        (policies / "dual-agent.yaml").write_text(DUAL_AGENT)
+        (policies / "dual-agent.yaml").write_text(EXTRA["dual-agent"])
         server = Webhook(tmp_path_factory.mktemp("restricted-webhook"), control_plane.kubeconfig,
                          control_plane.logs, log_name="restricted-webhook.log",
                          policies=policies)

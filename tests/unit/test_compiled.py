@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from tests.celeval import evaluate, run_variables
 from tests.conftest import SHIPPED_POLICIES, WritePolicies
+from tests.unit.test_compiled_injection import EXTRA
 from webhook.cli import cli
 from webhook.compiled import MAX_TEXT, PLAIN_NAME, Target, compile_policies
 from webhook.compiled_injection import INJECT as INJECTED
@@ -201,14 +202,7 @@ def test_compile_names_the_pods_it_leaves_to_the_webhook_whatever_they_ask_for(
 ) -> None:
     """A policy that may break a Pod Security level, one restricted to some namespaces, one
     that supports Windows pods too, and --on-conflict skip's clashes."""
-    directory = write_policies(dual="""\
-        apiVersion: sidecar.company.com/v1alpha1
-        kind: InjectionPolicy
-        metadata: {name: dual-agent}
-        spec:
-          os: [linux, windows]
-          containers: [{name: dual-agent, image: "busybox:1.37"}]
-        """, privileged="""\
+    directory = write_policies(dual=EXTRA["dual-agent"], privileged="""\
         apiVersion: sidecar.company.com/v1alpha1
         kind: InjectionPolicy
         metadata: {name: node-agent}
