@@ -37,6 +37,7 @@ import yaml
 from jsonpointer import escape
 
 from webhook.compiled_injection import (
+    CHOSEN,
     INJECT,
     SHOWN_POD,
     WINDOWS_POD,
@@ -348,7 +349,7 @@ class _Cel:
         compiled = self.compilable.policies
         os_stamp = skipped_status(SkipReason.UNSUPPORTED_OS.value)
         self.os_variables = [
-            {"name": "chosen", "expression": "variables.requested.distinct()"},
+            CHOSEN,
             WINDOWS_POD,
             {"name": "osSkipped", "expression": (
                 f"!variables.leftToWebhook && variables.skip == '' && "

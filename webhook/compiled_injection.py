@@ -362,6 +362,8 @@ APPS = f"(has({SPEC}.containers) ? {SPEC}.containers : [])"
 VOLUMES = f"(has({SPEC}.volumes) ? {SPEC}.volumes : [])"
 
 
+#: the policies the pod asks for, each once, in its order
+CHOSEN: Obj = {"name": "chosen", "expression": "variables.requested.distinct()"}
 _OS_SELECTOR = f"{SPEC}.nodeSelector"
 _WINDOWS = literal(OperatingSystem.WINDOWS.value)
 #: whether the pod runs on Windows (webhook.platform.pod_os)
@@ -529,7 +531,7 @@ def injection(compilable: Compilable, *, kube_version: tuple[int, int] | None,
 
     variables += [
         {"name": "table", "expression": table},
-        {"name": "chosen", "expression": "variables.requested.distinct()"},
+        CHOSEN,
         *pod_variables(limits),
         {"name": "injectable", "expression": (
             "size(variables.requested) > 0 && variables.requested.all(n, n in variables.table) "
@@ -733,7 +735,7 @@ def clash_denial(compilable: Compilable, *, inject_key: str) -> Check:
     pod = SHOWN_POD
     variables = [
         {"name": "clashNames", "expression": names},
-        {"name": "chosen", "expression": "variables.requested.distinct()"},
+        CHOSEN,
         *pod_variables(Limits.of(compiled)),
         {"name": "judged", "expression": (
             "!variables.leftToWebhook && variables.skip == '' && size(variables.unknown) == 0 "
