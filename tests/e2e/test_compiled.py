@@ -177,8 +177,9 @@ Create = Callable[[Case], tuple[dict[str, Any], list[str]]]
 
 @pytest.fixture(scope="module")
 def create(kube: Kube) -> Create:
-    """Create a case's pod (dry run) in its namespace; the stored pod and the warnings, with
-    the ValidatingAdmissionPolicy's wrapper taken off them."""
+    """Create a case's pod (dry run) in its namespace; the stored pod (every field the apiserver
+    sent, not only those the client models) and the warnings, with the
+    ValidatingAdmissionPolicy's wrapper taken off them."""
     namespaces: dict[str, str] = {}
 
     def run(case: Case) -> tuple[dict[str, Any], list[str]]:
@@ -193,7 +194,7 @@ def create(kube: Kube) -> Create:
                             labels=case.labels, generate_name=f"{name}-" if case.generate_name
                             else None)
         body["spec"].update(copy.deepcopy(case.spec))
-        pod, warnings = kube.create_pod(namespaces[case.name], body, dry_run=True)
+        pod, warnings = kube.create_pod(namespaces[case.name], body, dry_run=True, raw=True)
         return normalized(pod), [VAP_WARNING.sub("", w) for w in warnings]
 
     return run
