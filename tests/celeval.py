@@ -1,21 +1,28 @@
 """A real CEL implementation (cel-cpp, through cel-expr-python) for the compiled admission
 policies offline. It has none of Kubernetes' CEL libraries; the list functions the policies use
-(`distinct`, `flatten`, `slice`, `sum`, `lists.range`) are supplied here with the meaning the
-Kubernetes and cel-go docs give them. The apiserver (tests/e2e/test_compiled.py) stays the final
+(`distinct`, `flatten`, `slice`, `sum`, `max`, `lists.range`) and the quantity functions
+(`isQuantity`, `quantity`, `compareTo`, `isInteger`, `asInteger`, `asApproximateFloat`)
+are supplied here with the meaning the Kubernetes and cel-go docs give them. A quantity is its
+exact value as a decimal string here (cel-expr-python takes no new types), read by the webhook's
+own parser. The apiserver (tests/e2e/test_compiled.py) stays the final
 oracle."""
 
 from __future__ import annotations
 
 import contextlib
 import re
+from decimal import Decimal
 from typing import Any
 
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_strings
 
+from webhook.k8s_schema import quantity
+
 DYN = cel.Type.DYN
 LIST = cel.Type.List(DYN)
 INTS = cel.Type.List(cel.Type.INT)
+STRING = cel.Type.STRING
 
 
 def _distinct(values: list[Any]) -> list[Any]:
@@ -24,6 +31,24 @@ def _distinct(values: list[Any]) -> list[Any]:
         if value not in kept:
             kept.append(value)
     return kept
+
+
+def _quantity(text: str) -> Decimal:
+    value = quantity(text)
+    if value is None:
+        raise ValueError(f"{text!r} is not a quantity")
+    return value
+
+
+def _as_integer(text: str) -> int:
+    value = Decimal(text)
+    if value != value.to_integral_value() or abs(value) >= 2**63:
+        raise ValueError(f"{text} is not an int64")
+    return int(value)
+
+
+def _compare(a: str, b: str) -> int:
+    return (Decimal(a) > Decimal(b)) - (Decimal(a) < Decimal(b))
 
 
 def _function(name: str, impl: Any, parameters: list[Any], result: Any, *,
@@ -43,6 +68,17 @@ ENV = cel.NewEnv(
         _function("slice", lambda items, start, end: items[start:end],
                   [LIST, cel.Type.INT, cel.Type.INT], LIST),
         _function("sum", sum, [INTS], cel.Type.INT),
+        _function("max", max, [INTS], cel.Type.INT),
+        _function("isQuantity", lambda text: quantity(text) is not None, [STRING],
+                  cel.Type.BOOL, member=False),
+        _function("quantity", lambda text: str(_quantity(text)), [STRING], STRING,
+                  member=False),
+        _function("compareTo", _compare, [STRING, STRING], cel.Type.INT),
+        _function("isInteger", lambda q: Decimal(q) == Decimal(q).to_integral_value(),
+                  [STRING], cel.Type.BOOL),
+        _function("asInteger", _as_integer, [STRING], cel.Type.INT),
+        _function("asApproximateFloat", lambda q: float(Decimal(q)), [STRING],
+                  cel.Type.DOUBLE),
         _function("lists.range", lambda n: list(range(n)), [cel.Type.INT], INTS, member=False),
     ],
 )

@@ -322,8 +322,8 @@ def compile_command(*, name: str, failure_policy: str | None, pod_opt_in: bool, 
     What cannot be compiled is named on stderr, one line each (file: policy: reason), and exits
     1; with --hybrid the rest is written, and the pods that need what was not compiled are left
     to the webhook (exit 0). Without --hybrid, one warning line names the kinds of pods left to
-    the webhook whatever they ask for (pod-level resources, too large for the CEL cost limits,
-    ...). Invalid policies: file:line errors, exit 1.
+    the webhook whatever they ask for (pod-level resources over 8Ti, too large for
+    the CEL cost limits, ...). Invalid policies: file:line errors, exit 1.
     """
     settings = _settings(serve_flags, "invalid option")
     wrong_name = name_problem(name)

@@ -189,7 +189,8 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
     restricted = [p.name for p in cel.compilable.policies if p.namespaces is not None]
     windows = [p.name for p in cel.compilable.policies
                if OperatingSystem.WINDOWS in p.systems]
-    left_pods = ["pods with pod-level spec.resources",
+    left_pods = ["pods with pod-level spec.resources over 8Ti, over 32 init containers or 8 "
+                 "resources",
                  *([f"Windows pods asking for {', '.join(map(repr, windows))}"]
                    if windows else []),
                  "pods too large for the CEL cost limits",

@@ -17,8 +17,9 @@ map into a `JSONPatch`, is Kubernetes' own.
 
 What the webhook keeps (a pod the compiled policy leaves unstamped, `injectable` false): a pod
 whose names clash with a policy's (or two chosen policies' names clash: `clash_denial` denies it
-as the webhook does under `--on-conflict deny`), one with pod-level `spec.resources` (the
-envelope arithmetic needs quantities CEL cannot print), a Windows pod, one in a namespace whose
+as the webhook does under `--on-conflict deny`), one with pod-level `spec.resources` the
+int64-millis arithmetic of webhook.compiled_resources cannot do exactly (`envelopeFits`), a
+Windows pod, one in a namespace whose
 Pod Security level a chosen policy may break (`pod_security`), one in a namespace a chosen
 policy's `namespaceSelector` excludes (the webhook refuses that policy and injects the
 others), one too large for the CEL cost limits (`Limits`), and any pod that asks for a policy
@@ -36,6 +37,7 @@ from typing import Any
 
 from jsonpointer import escape
 
+from webhook import compiled_resources
 from webhook.engine import sample_pod_security, unsupported_os_warning
 from webhook.labels import Requirement, Selector
 from webhook.platform import OS_LABEL, OperatingSystem
@@ -197,7 +199,8 @@ def _entry(template: Template, expansion: Expanded = _never, **fields: str) -> s
 def _container(template: Template) -> str:
     slot = template.mount_slot
     place = "none" if slot is None else "create" if slot.before.endswith("[") else "append"
-    return _entry(template, container_expansion, slot=literal(place))
+    return _entry(template, container_expansion, slot=literal(place),
+                  **compiled_resources.amounts_fields(template))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,6 +211,8 @@ def reason(policy: CompiledPolicy) -> str | None:
     """Why `policy` cannot be compiled (yet), None when it can."""
     if OperatingSystem.LINUX not in policy.systems:
         return "a policy for Windows pods only is not compiled yet"
+    if (problem := compiled_resources.problem(policy)) is not None:
+        return problem
     try:
         table_entry(policy, None, "", [], literal({}))
     except CannotCompileError as exc:
@@ -218,12 +223,21 @@ def reason(policy: CompiledPolicy) -> str | None:
 def table_entry(policy: CompiledPolicy, kube_version: tuple[int, int] | None, status_key: str,
                 clashing: list[str], security: str) -> str:
     """`policy` as one CEL constant; `clashing`: the other compiled policies that add a
-    container or volume of the same name; `security`: `pod_security(policy)`."""
-    inits, natives, classics = policy.variants[(False, False)]
+    container or volume of the same name; `security`: `pod_security(policy)`. Its containers
+    are in `front`, `back` and `classic`, and once more without resources in `frontS`, `backS`
+    and `classicS` when it shares a pod-level envelope (`podResources: share`)."""
     native = sidecars_native(policy, kube_version)
-    ahead = [*inits, *natives] if native else list(inits)
-    front = ahead if policy.position is Position.FIRST else []
-    back = ahead if policy.position is Position.LAST else []
+
+    def containers(envelope: bool, suffix: str = "") -> dict[str, str]:
+        inits, natives, classics = policy.variants[(envelope, False)]
+        ahead = [*inits, *natives] if native else list(inits)
+        return {f"front{suffix}": listed([_container(t) for t in ahead]
+                                         if policy.position is Position.FIRST else []),
+                f"back{suffix}": listed([_container(t) for t in ahead]
+                                        if policy.position is Position.LAST else []),
+                f"classic{suffix}": listed([] if native else [_container(t) for t in classics])}
+
+    shared = policy.variants[(True, False)] != policy.variants[(False, False)]
     mounts = []
     for mount in policy.mounts:
         normal = str(same_path(mount.mount_path))
@@ -241,9 +255,7 @@ def table_entry(policy: CompiledPolicy, kube_version: tuple[int, int] | None, st
     d1, d2 = policy.revision_digits
     entry = record(
         nameJ=literal(_json(policy.name)),
-        front=listed([_container(t) for t in front]),
-        back=listed([_container(t) for t in back]),
-        classic=listed([] if native else [_container(t) for t in classics]),
+        **containers(False), **(containers(True, "S") if shared else {}),
         initJ=literal(",".join(map(_json, policy.init_container_names))),
         sideJ=literal(",".join(map(_json, policy.sidecar_names))),
         volJ=literal(",".join(map(_json, policy.volume_names))),
@@ -375,8 +387,9 @@ WINDOWS_POD: Obj = {"name": "windowsPod", "expression": (
 
 def pod_variables(limits: Limits) -> list[Obj]:
     """The pod's own names, whether the pod is the webhook's to decide (`keptByWebhook`: too
-    large for the CEL cost limits or with pod-level resources (`tooLarge`), or a Windows pod
-    (`windowsPod`)), and the Pod Security level its namespace enforces."""
+    large for the CEL cost limits (`tooLarge`), pod-level resources the compiled policy cannot
+    add up (`envelopeFits`), or a Windows pod (`windowsPod`)), and the Pod Security level its
+    namespace enforces."""
     labels = "namespaceObject.metadata.labels"
     return [
         {"name": "ownNames", "expression": f"{INITS}.map(c, c.name) + {APPS}.map(c, c.name)"},
@@ -387,10 +400,12 @@ def pod_variables(limits: Limits) -> list[Obj]:
             f"{APPS}.map(c, has(c.env) ? size(c.env) : 0).sum() > {limits.env}",
             f"({INITS} + {APPS}).map(c, has(c.volumeMounts) ? size(c.volumeMounts) : 0).sum() "
             f"> {limits.mounts}",
-            f"has({SPEC}.resources)",
         ])},
         WINDOWS_POD,
-        {"name": "keptByWebhook", "expression": "variables.tooLarge || variables.windowsPod"},
+        *compiled_resources.pod_variables(),
+        {"name": "keptByWebhook", "expression": (
+            "variables.tooLarge || variables.windowsPod || "
+            "(variables.envelope && !variables.envelopeFits)")},
         # the Pod Security level the namespace enforces ('': none); an invalid value is
         # enforced as restricted (webhook.podsecurity.parse_level)
         {"name": "securityLevel", "expression": (
@@ -508,6 +523,13 @@ def injection(compilable: Compilable, *, kube_version: tuple[int, int] | None,
     def chosen(part: str) -> str:
         return f"variables.chosen.map(p, variables.table[p].{part}).flatten()"
 
+    def chosen_containers(part: str) -> str:
+        """The containers the chosen policies add at `part`, without resources where a
+        policy shares the pod's envelope."""
+        entry = "variables.table[p]"
+        return (f"variables.chosen.map(p, variables.envelope && has({entry}.{part}S) ? "
+                f"{entry}.{part}S : {entry}.{part}).flatten()")
+
     def extend(path: str, has_items: str, items: str) -> str:
         """webhook.patch `_extend`: the whole list when the pod has none, else one by one."""
         return (f"size({items}) == 0 ? [] : {has_items} ? {items}.map(e, "
@@ -564,9 +586,10 @@ def injection(compilable: Compilable, *, kube_version: tuple[int, int] | None,
             f"!({inits} + {apps}).exists(c, has(c.volumeMounts) && c.volumeMounts.exists(m, "
             f"m.name == variables.tokenVolumes[0] && m.mountPath == {token_path})) ? '' : "
             "variables.tokenVolumes[0]")},
-        {"name": "front", "expression": chosen("front")},
-        {"name": "back", "expression": chosen("back")},
-        {"name": "classic", "expression": chosen("classic")},
+        {"name": "front", "expression": chosen_containers("front")},
+        {"name": "back", "expression": chosen_containers("back")},
+        {"name": "classic", "expression": chosen_containers("classic")},
+        *compiled_resources.variables("variables.front", "variables.back", "variables.classic"),
         {"name": "volumes", "expression": chosen("volumes")},
         # each injected container with the path it ends up at (ops apply in sequence)
         {"name": "placed", "expression": (
@@ -606,6 +629,7 @@ def injection(compilable: Compilable, *, kube_version: tuple[int, int] | None,
         {"name": "pullSecrets", "expression": _first("variables.allPullSecrets", "name")
          + f".filter(e, !(has({spec}.imagePullSecrets) && {spec}.imagePullSecrets.exists(r, "
            "has(r.name) && r.name == e.name)))"},
+        {"name": "statusResources", "expression": compiled_resources.stamp()},
         revision(0), revision(1),
         # the stamp, in the key order of webhook.render (in three parts: cel-cpp, the offline
         # evaluator, parses at most 32 levels deep, and a chain of `+` is one level each)
@@ -626,6 +650,7 @@ def injection(compilable: Compilable, *, kube_version: tuple[int, int] | None,
             "variables.statusHead + variables.statusApps",
             "'\"podAnnotations\":[' + variables.annotations.map(e, e.keyJ).join(',')",
             "'],\"podLabels\":[' + variables.labels.map(e, e.keyJ).join(',') + ']'",
+            "variables.statusResources",
             "(size(variables.pullSecrets) == 0 ? '' : ',\"imagePullSecrets\":[' + "
             "variables.pullSecrets.map(e, e.nameJ).join(',') + ']')",
             f"',\"revision\":\"' + {hex8('variables.revision0')} + "
@@ -681,6 +706,7 @@ def injection(compilable: Compilable, *, kube_version: tuple[int, int] | None,
                 "add", literal("/spec/imagePullSecrets/-"), pull_value) + ") : [" + _op(
                 "add", literal("/spec/imagePullSecrets"),
                 f"variables.pullSecrets.map(e, {pull_value})") + "]"),
+        "opsResources": compiled_resources.operations(_op),
         # the injected containers' token mounts and placeholders, at the paths they ended at
         "opsToken": (
             "variables.token == '' ? [] : variables.placed.filter(x, x.e.slot != 'none')"

@@ -97,7 +97,7 @@ def aggregate(init_containers: Iterable[Mapping[str, Any]],
     sidecars: Amounts = {}
     init_peak: Amounts = {}
     for container in init_containers:
-        own = _amounts(container, field)
+        own = amounts(container, field)
         if container.get("restartPolicy") == "Always":
             sidecars = _sum(sidecars, own)
             init_peak = _max(init_peak, sidecars)
@@ -105,7 +105,7 @@ def aggregate(init_containers: Iterable[Mapping[str, Any]],
             init_peak = _max(init_peak, _sum(sidecars, own))
     running = sidecars
     for container in containers:
-        running = _sum(running, _amounts(container, field))
+        running = _sum(running, amounts(container, field))
     return _max(running, init_peak)
 
 
@@ -121,7 +121,9 @@ def format_quantity(value: Decimal) -> str:
     return f"{int((value * 1000).to_integral_value(rounding=ROUND_CEILING))}m"
 
 
-def _amounts(container: Mapping[str, Any], field: str) -> Amounts:
+def amounts(container: Mapping[str, Any], field: str) -> Amounts:
+    """A container's `field` amounts by resource; its limits stand in for requests it leaves
+    out, and what is not a quantity counts as absent."""
     resources = container.get("resources")
     if not isinstance(resources, dict):
         return {}
@@ -133,7 +135,7 @@ def _amounts(container: Mapping[str, Any], field: str) -> Amounts:
 
 
 def _amount(container: Mapping[str, Any], field: str, resource: str) -> Decimal:
-    return _amounts(container, field).get(resource, Decimal(0))
+    return amounts(container, field).get(resource, Decimal(0))
 
 
 def _sum(a: Amounts, b: Amounts) -> Amounts:

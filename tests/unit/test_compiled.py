@@ -193,7 +193,8 @@ def test_every_shipped_policy_compiles() -> None:
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [
         "warning: left to the webhook, and admitted uninjected without one: pods with pod-level "
-        "spec.resources; pods too large for the CEL cost limits (docs/spec.md)"]
+        "spec.resources over 8Ti, over 32 init containers or 8 resources; "
+        "pods too large for the CEL cost limits (docs/spec.md)"]
     assert "kind: MutatingAdmissionPolicy\n" in result.stdout
 
 
@@ -223,10 +224,11 @@ def test_compile_names_the_pods_it_leaves_to_the_webhook_whatever_they_ask_for(
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [
         "warning: left to the webhook, and admitted uninjected without one: pods with pod-level "
-        "spec.resources; Windows pods asking for 'dual-agent'; pods too large for the CEL cost "
-        "limits; name clashes under --on-conflict skip; pods in a namespace enforcing a Pod "
-        "Security level that 'dual-agent', 'node-agent', 'vault-agent' may break; pods asking "
-        "for 'vault-agent' in a namespace its namespaceSelector excludes (docs/spec.md)"]
+        "spec.resources over 8Ti, over 32 init containers or 8 resources; "
+        "Windows pods asking for 'dual-agent'; pods too large for the CEL cost limits; name "
+        "clashes under --on-conflict skip; pods in a namespace enforcing a Pod Security level "
+        "that 'dual-agent', 'node-agent', 'vault-agent' may break; pods asking for "
+        "'vault-agent' in a namespace its namespaceSelector excludes (docs/spec.md)"]
     hybrid = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--policies",
                                       str(directory)], env={"POD_NAMESPACE": "sidecar-injector"})
     assert hybrid.stderr == ""

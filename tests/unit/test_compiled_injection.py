@@ -22,6 +22,7 @@ from tests.conftest import SHIPPED_POLICIES
 from webhook.compiled import Target, compile_policies
 from webhook.compiled_injection import INJECT, Limits, value
 from webhook.engine import EngineConfig, Outcome, mutate, sample_pod_security
+from webhook.k8s_schema import quantity
 from webhook.keys import Keys
 from webhook.platform import OperatingSystem, pod_os
 from webhook.podsecurity import ENFORCE_LABEL, Level, parse_level
@@ -166,6 +167,25 @@ spec:
   containers:
     - {name: audited-agent, image: busybox:1.37}
 """,
+    # classic sidecars and an init container that share a pod-level envelope (their resources
+    # count only in a pod without one)
+    "shared-agent": """\
+apiVersion: sidecar.company.com/v1alpha1
+kind: InjectionPolicy
+metadata:
+  name: shared-agent
+spec:
+  sidecarMode: classic
+  podResources: share
+  initContainers:
+    - name: shared-setup
+      image: busybox:1.37
+      resources: {requests: {cpu: 300m, memory: 32Mi}, limits: {cpu: "1.5", memory: 32Mi}}
+  containers:
+    - name: shared-agent
+      image: busybox:1.37
+      resources: {requests: {cpu: 50m, memory: 64Mi}, limits: {cpu: 200m, memory: 1Gi}}
+""",
 }
 RESTRICTED = ["payments-agent", "audited-agent"]
 WINDOWS_TOO = "dual-agent"  # the one policy that supports Windows pods too
@@ -232,7 +252,7 @@ PATHS = ["/var/log/app", "/var/log/app/", "/var/log/application", "/scratch", "/
          "/scratchpad", "/data", "/"]
 #: the policies whose env vars, mounts, annotations and pull secrets overlap, asked for often
 OVERLAPPING = ["logging", "classic-last", "native-first", "metrics-exporter", "second-agent",
-               "privileged-agent"]
+               "privileged-agent", "shared-agent"]
 ENV_NAMES = ["LOG_DIR", "NOTE", "STATSD_HOST", "OWN"]
 TEXT = st.sampled_from(["web", "we$b", "$(HOME)", "a\"b", "ünï", ""])
 HARDENED = {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
@@ -247,10 +267,26 @@ POD_SECURITY = st.sampled_from([None, None, {"runAsNonRoot": True}, {"runAsNonRo
 
 def _without_empties(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v not in ([], {}, None)}
+#: amounts in the forms a pod may be written with, and one finer than a milli (`100u`: the
+#: apiserver rounds every amount up to whole millis before admission, so only the engine offline
+#: meets it; the compiled policy leaves such a pod with pod-level resources to the webhook)
+AMOUNTS = {"cpu": st.sampled_from(["100m", "0.5", "1", "250m", "1.5", "2", "100u"]),
+           "memory": st.sampled_from(["128Mi", "1.5Gi", "64M", "1Gi", "100", "1536Mi"])}
 
 
 @st.composite
-def containers(draw: st.DrawFn, names: list[str], token: bool) -> list[dict[str, Any]]:
+def resources(draw: st.DrawFn) -> dict[str, dict[str, str]]:
+    """Requests and limits of some of `AMOUNTS`, keys sorted as the apiserver's JSON has them."""
+    made = {}
+    for field in ("limits", "requests"):
+        names = draw(st.lists(st.sampled_from(sorted(AMOUNTS)), unique=True, max_size=2))
+        made[field] = {name: draw(AMOUNTS[name]) for name in sorted(names)}
+    return _without_empties(made)
+
+
+@st.composite
+def containers(draw: st.DrawFn, names: list[str], token: bool,
+               init: bool = False) -> list[dict[str, Any]]:
     made = []
     for name in names:
         env = [{"name": n, "value": "own"} for n in draw(st.lists(st.sampled_from(ENV_NAMES),
@@ -260,9 +296,11 @@ def containers(draw: st.DrawFn, names: list[str], token: bool) -> list[dict[str,
         if token:
             mounts.append({"name": TOKEN, "readOnly": True,
                            "mountPath": SERVICE_ACCOUNT_MOUNT_PATH})
-        made.append(_without_empties({"name": name, "image": f"{name}:1", "env": env,
-                                      "volumeMounts": mounts,
-                                      "securityContext": draw(CONTAINER_SECURITY)}))
+        made.append(_without_empties({
+            "name": name, "image": f"{name}:1", "env": env, "volumeMounts": mounts,
+            "securityContext": draw(CONTAINER_SECURITY),
+            "resources": draw(resources()) if draw(st.booleans()) else None,
+            "restartPolicy": "Always" if init and draw(st.booleans()) else None}))
     return made
 
 
@@ -297,7 +335,7 @@ def pods(draw: st.DrawFn, policy_names: list[str]) -> dict[str, Any]:
     spec = _without_empties({
         "serviceAccountName": draw(st.sampled_from([None, "default", "orders"])),
         "automountServiceAccountToken": draw(st.sampled_from([None, True, False])),
-        "initContainers": draw(containers(inits, token)),
+        "initContainers": draw(containers(inits, token, init=True)),
         "containers": draw(containers(apps, token)),
         "volumes": volumes,
         "imagePullSecrets": [{"name": "regcred"}] if draw(st.booleans()) else [],
@@ -305,7 +343,7 @@ def pods(draw: st.DrawFn, policy_names: list[str]) -> dict[str, Any]:
         "os": {"name": "windows"} if draw(st.integers(0, 9)) == 0 else None,
         "nodeSelector": {"kubernetes.io/os": "windows"} if draw(st.integers(0, 19)) == 0
         else None,
-        "resources": {"limits": {"cpu": "2"}} if draw(st.integers(0, 9)) == 0 else None,
+        "resources": draw(resources()) if draw(st.integers(0, 2)) == 0 else None,
     })
     return {"metadata": metadata, "spec": spec}
 
@@ -332,9 +370,9 @@ def namespaces(draw: st.DrawFn, policy_names: list[str]) -> dict[str, Any]:
 def kept_by_the_webhook(pod: dict[str, Any], namespace: dict[str, Any],
                         policies: PolicySet, config: EngineConfig) -> bool:
     """The pods webhook.compiled_injection leaves to the webhook on purpose: pod-level
-    resources, Windows pods asking for a policy that supports Windows, a Pod Security level one
-    of the requested policies may break, and a namespace a requested policy's namespaceSelector
-    excludes."""
+    resources with an amount finer than a milli or over 8Ti, Windows pods asking for a policy
+    that supports Windows, a Pod Security level one of the requested policies may break, and a
+    namespace a requested policy's namespaceSelector excludes."""
     spec = pod["spec"]
     level = parse_level(namespace["metadata"].get("labels", {}).get(ENFORCE_LABEL))
     requested = requested_policies(pod["metadata"], namespace=NAMESPACE,
@@ -349,7 +387,20 @@ def kept_by_the_webhook(pod: dict[str, Any], namespace: dict[str, Any],
     excluded = any(name in policies and (selector := policies[name].namespaces) is not None
                    and not selector.matches(labels) for name in requested)
     windows = pod_os(spec) is OperatingSystem.WINDOWS and WINDOWS_TOO in requested
-    return "resources" in spec or windows or risky or excluded
+    return not envelope_fits(spec) or windows or risky or excluded
+
+
+def envelope_fits(spec: dict[str, Any]) -> bool:
+    """No pod-level resources, or every amount of a resource set at pod level is a whole
+    number of millis up to 8Ti (webhook.compiled_resources `envelopeFits`)."""
+    own = spec.get("resources", {})
+    names = {name for field in own.values() for name in field}
+    found = [own, *(c.get("resources", {}) for c in [*spec.get("initContainers", []),
+                                                    *spec["containers"]])]
+    return all((q := quantity(amount)) is not None and q * 1000 % 1 == 0 and q <= 8 * 2**40
+               for resources in found
+               for field in resources.values() for name, amount in field.items()
+               if name in names)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -504,6 +555,38 @@ def test_policies_that_cannot_be_compiled_are_named_with_the_reason(tmp_path: Pa
     assert str(left) == (f"{tmp_path / 'big.yaml'}:4: policy 'native-first': the integer "
                          f"{2**60} is beyond 2**53, which a JSON patch value in the apiserver "
                          "(a float64) cannot hold exactly")
+
+
+@pytest.mark.parametrize(("amount", "shown"), [("100u", "0.0001"), ("9Ti", "9Ti")])
+def test_a_policy_whose_amounts_are_not_whole_millis_is_not_compiled(
+    tmp_path: Path, amount: str, shown: str,
+) -> None:
+    """The compiled pod-level arithmetic adds int64 millis up (webhook.compiled_resources)."""
+    (tmp_path / "fine.yaml").write_text(EXTRA["shared-agent"].replace("cpu: 50m",
+                                                                      f"cpu: {amount}"))
+    compiled = compile_policies(load_policy_dir(tmp_path), EngineConfig(), Target())
+    (left,) = compiled.uncompiled
+    assert str(left) == (f"{tmp_path / 'fine.yaml'}:4: policy 'shared-agent': container "
+                         f"'shared-agent' has requests cpu: {shown}, which is not a whole number "
+                         "of millis up to 8Ti (the compiled pod-level resources add millis up)")
+
+
+def test_a_pod_with_pod_level_amounts_finer_than_a_milli_is_the_webhooks(
+    policies: PolicySet,
+) -> None:
+    config = EngineConfig(selection=Selection(keys=KEYS, own_namespace=OWN))
+    namespace = {"metadata": {"name": NAMESPACE, "labels": {KEYS.inject: "enabled"}}}
+    for amount, kept in (("100u", True), ("2000u", False), ("0.0015", True), ("9Ti", True)):
+        pod = {"metadata": {"name": "web", "namespace": NAMESPACE,
+                            "annotations": {KEYS.inject: "logging"}},
+               "spec": {"containers": [{"name": "app", "image": "app:1"}],
+                        "resources": {"requests": {"cpu": amount}}}}
+        decision, ops = compiled_ops(engine_spec(policies, config), pod, namespace)
+        assert (decision == "") is kept, amount
+        assert kept_by_the_webhook(pod, namespace, policies, config) is kept, amount
+        if not kept:
+            assert applied(pod, ops) == applied(pod, injected_by_the_engine(
+                policies, config, pod, namespace))
 
 
 @pytest.mark.parametrize(("part", "over"), [
