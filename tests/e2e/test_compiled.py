@@ -138,6 +138,18 @@ INJECTED = [
          namespace_labels={"pod-security.kubernetes.io/enforce": "restricted"}),
     Case("no-token", {INJECT: "logging,auth-proxy"},
          spec={"automountServiceAccountToken": False}),
+    # pod-level resources (KEP-2837): the envelope grows as the webhook grows it
+    Case("pod-level-limits", spec={"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}),
+    Case("pod-level-every-policy", {INJECT: EVERY_POLICY}, spec={
+        "resources": {"requests": {"cpu": "1.5", "memory": "1.5Gi"},
+                      "limits": {"cpu": "3", "memory": "3Gi"}},
+        "initContainers": [{"name": "own-sidecar", "image": "busybox:1.37",
+                            "restartPolicy": "Always",
+                            "resources": {"requests": {"cpu": "250m", "memory": "100M"}}},
+                           {"name": "own-init", "image": "busybox:1.37",
+                            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}],
+        "containers": [{"name": "app", "image": "nginx:1.27",
+                        "resources": {"requests": {"cpu": "0.5", "memory": "512Mi"}}}]}),
     Case("own-annotations-and-labels-win", {INJECT: "logging,auth-proxy",
                                             "logging.company.com/shipper": "own"},
          labels={"auth.company.com/proxied": "own"}),
@@ -145,7 +157,9 @@ INJECTED = [
 #: Pods that ask for policies the compiled policies leave to the webhook: the hybrid split's
 #: other half (webhook.compiled, webhook.compiled_injection).
 LEFT_TO_THE_WEBHOOK = [
-    Case("pod-level-resources", spec={"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}),
+    # an amount over webhook.compiled_resources MAX_AMOUNT (one finer than a milli never comes:
+    # the apiserver rounds every amount up to whole millis before admission)
+    Case("pod-level-over-8ti", spec={"resources": {"requests": {"memory": "9Ti"}}}),
     Case("over-the-cost-limits", {INJECT: EVERY_POLICY}, spec=large(2, LIMITS.env // 2 + 1, 1)),
     Case("huge-annotation", {INJECT: ",".join(["nope"] * 200)}),
     Case("python-only-space", {INJECT: "false\x1f"}),
@@ -443,16 +457,22 @@ spec:
     #: (it injects the first and refuses the second)
     WINDOWS_TOO = [Case("windows-dual", {INJECT: "dual-agent,logging"},
                         spec={"os": {"name": "windows"}})]
+    #: classic sidecars sharing a pod's envelope, beside one that grows it (both compiled)
+    SHARED = [Case("shared-envelope", {INJECT: "shared-agent,logging"}, spec={
+        "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
+                      "limits": {"cpu": "2", "memory": "2Gi"}}})]
 
     @pytest.fixture(scope="module")
     def restricted(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
                    ) -> Iterator[tuple[Path, dict[str, Any]]]:
-        """The shipped policies, payments-agent and dual-agent, and the webhook serving them:
+        """The shipped policies, payments-agent, dual-agent and shared-agent, and the webhook
+        serving them:
         its policy directory and webhook configuration."""
         policies = tmp_path_factory.mktemp("restricted-policies")
         shutil.copytree(POLICIES, policies, dirs_exist_ok=True)
         (policies / "payments-agent.yaml").write_text(PAYMENTS_AGENT)
         (policies / "dual-agent.yaml").write_text(EXTRA["dual-agent"])
+        (policies / "shared-agent.yaml").write_text(EXTRA["shared-agent"])
         server = Webhook(tmp_path_factory.mktemp("restricted-webhook"), control_plane.kubeconfig,
                          control_plane.logs, log_name="restricted-webhook.log",
                          policies=policies)
@@ -478,7 +498,7 @@ spec:
         """Through both engines: hybrid gives what the webhook gives; alone, the compiled
         policies inject where they can and leave the rest unstamped."""
         policies, config = restricted
-        cases = RESTRICTED + WINDOWS_TOO
+        cases = RESTRICTED + WINDOWS_TOO + SHARED
         with instead_of_the_suites_webhook(kube, config):
             probe = kube.ensure_namespace("restricted-probe", labels={INJECT: "enabled"})
             wait_for(lambda: _refused_by_webhook(kube, probe), 60,
@@ -491,7 +511,11 @@ spec:
                 compiled(control_plane, kube, compile_stream("--policies", str(policies))):
             alone = {case.name: create(case) for case in cases}
         assert both == by_webhook
-        assert alone["restricted-inside"] == by_webhook["restricted-inside"]
+        for name in ("restricted-inside", "shared-envelope"):
+            assert alone[name] == by_webhook[name], name
+        shared = json.loads(alone["shared-envelope"][0]["metadata"]["annotations"][STATUS])
+        assert shared["podResources"] == {"requests": {"cpu": "1", "memory": "1Gi"},
+                                          "limits": {"cpu": "2", "memory": "2Gi"}}
         stamp = json.loads(alone["restricted-inside"][0]["metadata"]["annotations"][STATUS])
         assert stamp["policies"] == ["payments-agent", "logging"]
         for name in ("restricted-outside", "restricted-only-outside", "windows-dual"):

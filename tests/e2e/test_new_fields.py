@@ -17,8 +17,7 @@ import pytest
 from tests.e2e.conftest import STATUS, NewNamespace, Register, pod_manifest
 from tests.e2e.kube import Kube
 
-# pods with pod-level resources are left to the webhook by the compiled policies
-pytestmark = [pytest.mark.e2e, pytest.mark.engines("hybrid")]
+pytestmark = [pytest.mark.e2e, pytest.mark.engines("compiled", "hybrid")]
 INJECT = "sidecar.company.com/inject"
 APP: dict[str, Any] = {
     "name": "app", "image": "nginx:1.27",

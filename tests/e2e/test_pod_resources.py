@@ -21,8 +21,7 @@ from tests.e2e.kube import Kube
 from webhook.engine import EngineConfig, mutate
 from webhook.policy import load_policy_dir
 
-# pods with pod-level resources are left to the webhook by the compiled policies
-pytestmark = [pytest.mark.e2e, pytest.mark.engines("hybrid")]
+pytestmark = [pytest.mark.e2e, pytest.mark.engines("compiled", "hybrid")]
 INJECT = "sidecar.company.com/inject"
 APP_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
 APP_LIMITS = {"cpu": "500m", "memory": "256Mi"}
