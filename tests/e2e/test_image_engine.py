@@ -227,9 +227,9 @@ if MINOR >= MINIMUM_MINOR:
         assert agent_image(compiled) == "fluent/fluent-bit:3.2.4"
         assert webhook_decisions(chart).get("injected", 0) == before  # the match condition held
 
-        # pod-level resources: what the compiled policy leaves to the webhook
+        # pod-level resources over 8Ti: what the compiled policy leaves to the webhook
         left = pod_manifest("hybrid-left", annotations=annotations)
-        left["spec"]["resources"] = {"limits": {"cpu": "1", "memory": "1Gi"}}
+        left["spec"]["resources"] = {"limits": {"cpu": "1", "memory": "9Ti"}}
         by_webhook, _ = kube.create_pod(hybrid.namespace, left)
         assert agent_image(by_webhook) == "fluent/fluent-bit:3.2.4"
         assert json.loads(by_webhook["metadata"]["annotations"][STATUS])["policies"] == [
