@@ -23,21 +23,20 @@ import json
 from collections.abc import Callable
 from decimal import Decimal
 
-from webhook.podresources import amounts, format_quantity
+from webhook.k8s_schema import quantity
+from webhook.podresources import BINARY, amounts, format_quantity
 from webhook.policy import CompiledPolicy, Template
 
 Obj = dict[str, object]
 #: the largest amount the compiled policy adds up (an int64 of millis holds 500 containers of it)
 MAX_AMOUNT = "8Ti"
-MAX_MILLIS = 8 * 2**40 * 1000
+MAX_MILLIS = int(quantity(MAX_AMOUNT) or 0) * 1000
 #: the most init containers of a pod with pod-level resources the compiled policy injects
 MAX_OWN_INITS = 32
 #: the most pod-level resource names it injects (cpu, memory, hugepages-<size>)
 MAX_RESOURCES = 8
 #: resource names that go into the stamp's JSON and a JSON pointer as they are
 RESOURCE_NAME = "^[-._/a-zA-Z0-9]+$"
-_BINARY = (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20),
-           ("Ki", 2**10))
 
 SPEC = "object.spec"
 OWN = f"{SPEC}.resources"
@@ -101,7 +100,7 @@ def millis(text: str) -> str:
 def formatted(number: str) -> str:
     """CEL: millis as webhook.podresources `format_quantity` prints them."""
     whole = "string(w)"
-    for suffix, factor in reversed(_BINARY):
+    for suffix, factor in reversed(BINARY):
         whole = f"w % {factor} == 0 ? string(w / {factor}) + '{suffix}' : {whole}"
     return _bind(number, "v", "v % 1000 != 0 ? string(v) + 'm' : " + _bind(
         "v / 1000", "w", f"w == 0 ? '0' : {whole}"))

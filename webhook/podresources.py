@@ -24,7 +24,7 @@ from typing import Any
 from webhook.k8s_schema import quantity
 
 Amounts = dict[str, Decimal]
-_BINARY = (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20),
+BINARY = (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20),
            ("Ki", 2**10))
 
 
@@ -114,7 +114,7 @@ def format_quantity(value: Decimal) -> str:
     numbers, else millis rounded up (`150m`)."""
     if value == value.to_integral_value():
         whole = int(value)
-        for suffix, factor in _BINARY:
+        for suffix, factor in BINARY:
             if whole and whole % factor == 0:
                 return f"{whole // factor}{suffix}"
         return str(whole)
