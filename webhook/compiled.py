@@ -10,11 +10,12 @@ webhook denies.
 
 What is compiled: selection (the pod's annotation, the namespace's default policies, the global
 defaults, opt-out) and every decision that skips the pod (`opted-out`, `no-policies`,
-`unknown-policy`), with the webhook's exact stamp and warning; `--strict`'s denial of a pod that
-names an unknown policy and `--on-conflict deny`'s of a name clash, with their exact messages and
-status code (403); and injection (webhook.compiled_injection). A pod whose annotations the two
-could read differently (see MAX_TEXT, PYTHON_ONLY_SPACE, PLAIN_NAME) is left to the webhook, as
-are the pods
+`unknown-policy`, `namespace-not-allowed` when every policy asked for is restricted away from
+the namespace, `unsupported-os`), with the webhook's exact stamp and warnings; `--strict`'s
+denial of a pod that names an unknown policy or one restricted away from its namespace and
+`--on-conflict deny`'s of a name clash, with their exact messages and status code (403); and
+injection (webhook.compiled_injection). A pod whose annotations the two could read differently
+(see MAX_TEXT, PYTHON_ONLY_SPACE, PLAIN_NAME) is left to the webhook, as are the pods
 webhook.compiled_injection does not inject itself, and those that ask for a policy it cannot
 compile: such a policy is reported, with its file and the reason, and `--hybrid` leaves its pods
 to the webhook. That split is safe: the compiled policy runs before any webhook, and a pod it
@@ -37,7 +38,6 @@ import yaml
 from jsonpointer import escape
 
 from webhook.compiled_injection import (
-    CHOSEN,
     INJECT,
     SHOWN_POD,
     WINDOWS_POD,
@@ -46,8 +46,12 @@ from webhook.compiled_injection import (
     clash_denial,
     injection,
     literal,
+    namespace_denial,
+    namespace_variables,
+    namespace_warnings,
     os_warnings,
     record,
+    refused_for_namespace,
     skipped_for_os,
 )
 from webhook.engine import EngineConfig
@@ -155,8 +159,8 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
     warn = validating(f"{target.name}-{CHECKS[0]}", "Ignore",  # a warning never blocks a pod
                       [{"expression": cel.not_skipped_unknown,
                         "messageExpression": cel.unknown_warning,
-                        "message": cel.unknown_fallback}, *cel.os_warnings],
-                      [*cel.variables, *cel.os_variables])
+                        "message": cel.unknown_fallback}, *cel.skip_warnings],
+                      [*cel.variables, *cel.skip_variables])
     objects: list[Obj] = [engine]
     for suffix, selectors in _entries(target, config):
         objects.append(_binding("MutatingAdmissionPolicyBinding", target.name, suffix, labels,
@@ -168,6 +172,9 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
         denials.append({"expression": cel.not_denied_unknown,
                         "messageExpression": cel.unknown_denial,
                         "message": cel.unknown_denial_fallback, "reason": "Forbidden"})
+        variable, validation = cel.namespace_denial
+        denials.append(validation)
+        variables.append(variable)
     if config.on_conflict == "deny":
         clash = clash_denial(cel.compilable, inject_key=config.selection.keys.inject)
         denials.append(clash.validation)
@@ -199,7 +206,8 @@ def compile_policies(policies: PolicySet, config: EngineConfig, target: Target) 
                  *([f"pods in a namespace enforcing a Pod Security level that "
                     f"{', '.join(map(repr, risky))} may break"] if risky else []),
                  *([f"pods asking for {', '.join(map(repr, restricted))} in a namespace its "
-                    "namespaceSelector excludes"] if restricted else [])]
+                    "namespaceSelector excludes, along with a policy the namespace may use"]
+                   if restricted and not config.selection.strict else [])]
     return Compiled(objects, uncompiled, left_pods)
 
 
@@ -280,6 +288,9 @@ class _Cel:
         def names(text: str) -> str:  # selection.parse_policy_list, without its dedup
             return f"{text}.split(',').map(n, n.trim()).filter(n, n != '')"
 
+        self.compilable = Compilable.of(policies)
+        self.uncompiled = self.compilable.uncompiled
+        compiled = self.compilable.policies
         skips = {
             "opted-out": "variables.word == " + literal(OPT_OUT),
             "no-policies": "size(variables.requested) == 0",
@@ -314,9 +325,8 @@ class _Cel:
                 f"variables.unknown.exists(n, !n.matches({literal(PLAIN_NAME)}))"])},
             # the skip the selection decides ('': none, or left to the webhook)
             {"name": "skip", "expression": f"variables.leftToWebhook ? '' : {decision}"},
+            *namespace_variables(compiled),
         ]
-        self.compilable = Compilable.of(policies)
-        self.uncompiled = self.compilable.uncompiled
         head, tail = around(skipped_status(HOLE[0]), HOLE[0])
         stamp = f"{literal(head)} + variables.decision + {literal(tail)}"
         status = literal(f"/metadata/annotations/{escape(keys.status)}")
@@ -324,9 +334,14 @@ class _Cel:
             *self.variables,
             *injection(self.compilable, kube_version=config.kube_version,
                        status_key=keys.status),
+            # every policy asked for is refused in this namespace: skipped before anything
+            # else (with --strict, the deny policy denies the pod instead)
+            {"name": "nsSkipped", "expression": (
+                "false" if selection.strict else refused_for_namespace(compiled, every=True))},
             {"name": "decision", "expression": (
                 f"variables.skip != '' || variables.leftToWebhook ? variables.skip : "
-                f"variables.injectable ? {literal(INJECT)} : variables.osSkipped ? "
+                f"variables.injectable ? {literal(INJECT)} : variables.nsSkipped ? "
+                f"{literal(SkipReason.NAMESPACE_NOT_ALLOWED.value)} : variables.osSkipped ? "
                 f"{literal(SkipReason.UNSUPPORTED_OS.value)} : ''")},
             # the patch as data: what to inject, the stamp of a skip, or nothing
             {"name": "ops", "expression": (
@@ -345,20 +360,30 @@ class _Cel:
             f"[{literal(keys.status)}] != {literal(unknown_stamp)}")
         self.unknown_fallback = unknown_policy_warning("(a pod)", "(see its annotation)", keys)
         pod = SHOWN_POD
-        # a Windows pod skipped for asking only for Linux policies, by either engine: the
-        # webhook's warning for each, unless the webhook decided (and warned) itself
-        compiled = self.compilable.policies
-        os_stamp = skipped_status(SkipReason.UNSUPPORTED_OS.value)
-        self.os_variables = [
-            CHOSEN,
+        # a pod skipped for asking only for Linux policies on Windows, or only for policies
+        # restricted away from its namespace, by the engine policy: the webhook's warning for
+        # each, unless the webhook decided (and warned) itself
+
+        def stamped(reason: SkipReason, condition: str) -> str:
+            return (f"!variables.leftToWebhook && variables.skip == '' && "
+                    f"{annotation('object', keys.status)} && object.metadata.annotations"
+                    f"[{literal(keys.status)}] == {literal(skipped_status(reason.value))} && "
+                    f"{condition}")
+        self.skip_variables = [
             WINDOWS_POD,
-            {"name": "osSkipped", "expression": (
-                f"!variables.leftToWebhook && variables.skip == '' && "
-                f"{annotation('object', keys.status)} && object.metadata.annotations"
-                f"[{literal(keys.status)}] == {literal(os_stamp)} && "
-                f"{skipped_for_os(compiled)}")},
+            {"name": "osSkipped",
+             "expression": stamped(SkipReason.UNSUPPORTED_OS, skipped_for_os(compiled))},
+            {"name": "nsSkipped", "expression": "false" if selection.strict else stamped(
+                SkipReason.NAMESPACE_NOT_ALLOWED, refused_for_namespace(compiled, every=True))},
         ]
-        self.os_warnings = os_warnings(compiled, pod)
+        self.skip_warnings = [*namespace_warnings(compiled, pod), *os_warnings(compiled, pod)]
+        # --strict: the engine denies a pod asking for a policy restricted away from its
+        # namespace (unless the webhook decided, and denied, it)
+        self.namespace_denial = (
+            {"name": "nsDenied", "expression": (
+                "!variables.leftToWebhook && variables.skip == '' && "
+                + refused_for_namespace(compiled, every=False))},
+            namespace_denial(compiled, pod))
         listed = "variables.unknown.map(n, \"'\" + n + \"'\").join(', ')"
         start, middle, end = around(unknown_policy_warning(*HOLE, keys), *HOLE)
         self.unknown_warning = (

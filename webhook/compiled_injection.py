@@ -19,11 +19,13 @@ What the webhook keeps (a pod the compiled policy leaves unstamped, `injectable`
 whose names clash with a policy's (or two chosen policies' names clash: `clash_denial` denies it
 as the webhook does under `--on-conflict deny`), one with pod-level `spec.resources` the
 int64-millis arithmetic of webhook.compiled_resources cannot do exactly (`envelopeFits`), a
-Windows pod, one in a namespace whose
-Pod Security level a chosen policy may break (`pod_security`), one in a namespace a chosen
-policy's `namespaceSelector` excludes (the webhook refuses that policy and injects the
-others), one too large for the CEL cost limits (`Limits`), and any pod that asks for a policy
-this module cannot compile (`reason`).
+Windows pod, one in a namespace whose Pod Security level a chosen policy may break
+(`pod_security`), one in a namespace a chosen policy's `namespaceSelector` excludes while
+another chosen policy may be used there (the webhook refuses the first and injects the others:
+`refusedNs`), one too large for the CEL cost limits (`Limits`), and any pod that asks for a
+policy this module cannot compile (`reason`). Decided here: with `--strict`, a pod any of whose
+chosen policies is refused there is denied (`namespace_denial`); without it, one whose every
+chosen policy is refused is skipped `namespace-not-allowed`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ from typing import Any
 from jsonpointer import escape
 
 from webhook import compiled_resources
-from webhook.engine import sample_pod_security, unsupported_os_warning
+from webhook.engine import (
+    outside_namespace_warning,
+    sample_pod_security,
+    unsupported_os_warning,
+)
 from webhook.labels import Requirement, Selector
 from webhook.platform import OS_LABEL, OperatingSystem
 from webhook.podsecurity import ENFORCE_LABEL, Level
@@ -369,13 +375,15 @@ SHOWN_POD = (
 SPEC = "object.spec"
 POD_HOLE = "<<pod>>"  # where a message's pod name goes
 NAME_HOLE = "<<name>>"  # where a message's policy name goes
+SELECTOR_HOLE = "<<selector>>"  # where a message's label selector goes
+NAMESPACE_HOLE = "<<namespace>>"  # where a message's namespace goes
 INITS = f"(has({SPEC}.initContainers) ? {SPEC}.initContainers : [])"
 APPS = f"(has({SPEC}.containers) ? {SPEC}.containers : [])"
 VOLUMES = f"(has({SPEC}.volumes) ? {SPEC}.volumes : [])"
 
 
 #: the policies the pod asks for, each once, in its order
-CHOSEN: Obj = {"name": "chosen", "expression": "variables.requested.distinct()"}
+_CHOSEN: Obj = {"name": "chosen", "expression": "variables.requested.distinct()"}
 _OS_SELECTOR = f"{SPEC}.nodeSelector"
 _WINDOWS = literal(OperatingSystem.WINDOWS.value)
 #: whether the pod runs on Windows (webhook.platform.pod_os)
@@ -429,13 +437,73 @@ def selector_holds(selector: Selector, labels: str) -> str:
     return " && ".join(map(term, selector.requirements)) or "true"
 
 
-def kept_for_namespace(policies: list[CompiledPolicy]) -> str:
-    """Whether a chosen policy is restricted away from the pod's namespace (its
-    `namespaceSelector`): the webhook then decides the pod, and refuses that policy."""
-    return " || ".join(
-        f"({literal(policy.name)} in variables.chosen && "
-        f"!({selector_holds(policy.namespaces, 'namespaceObject.metadata.labels')}))"
-        for policy in policies if policy.namespaces is not None) or "false"
+def namespace_variables(policies: list[CompiledPolicy]) -> list[Obj]:
+    """`chosen` (the policies the pod asks for, each once, in its order) and `refusedNs`, those
+    of them the namespace rule refuses (webhook.engine `_namespace_problems`, the first rule):
+    compiled policies whose `namespaceSelector` the pod's namespace does not match, in the pod's
+    order. Every compiled object defines these after `requested`."""
+    labels = "namespaceObject.metadata.labels"
+    outside = "{" + ", ".join(
+        f"{literal(p.name)}: !({selector_holds(p.namespaces, labels)})"
+        for p in policies if p.namespaces is not None) + "}"
+    return [_CHOSEN,
+            {"name": "outsideNs", "expression": outside},
+            {"name": "refusedNs", "expression": (
+                "variables.chosen.filter(p, p in variables.outsideNs && "
+                "variables.outsideNs[p])")}]
+
+
+def only_compiled(policies: list[CompiledPolicy]) -> str:
+    """Whether the pod asks for some policies, all of them compiled (and so known)."""
+    names = literal(dict.fromkeys(sorted(p.name for p in policies), True))
+    return f"size(variables.chosen) > 0 && variables.chosen.all(p, p in {names})"
+
+
+def refused_for_namespace(policies: list[CompiledPolicy], *, every: bool) -> str:
+    """Whether the namespace rule refuses `every` policy the pod asks for (the webhook then
+    skips it as `namespace-not-allowed`, before any other rule or rendering), or some of them
+    (`--strict` then denies the pod), all of them compiled."""
+    refused = ("size(variables.refusedNs) == size(variables.chosen)" if every
+               else "size(variables.refusedNs) > 0")
+    return f"{only_compiled(policies)} && {refused}"
+
+
+def outside_namespace_message(policies: list[CompiledPolicy], pod: str, name: str) -> str:
+    """The CEL of the webhook's refusal of the policy `name` (a CEL string) for `pod` (the CEL
+    of the pod's `namespace/name`) in its namespace (webhook.engine
+    `outside_namespace_warning`)."""
+    selectors = "{" + ", ".join(f"{literal(p.name)}: {literal(p.namespaces.describe())}"
+                                for p in policies if p.namespaces is not None) + "}"
+    holes = (POD_HOLE, NAME_HOLE, SELECTOR_HOLE, NAMESPACE_HOLE)
+    pieces = around(outside_namespace_warning(f"pod {POD_HOLE}", *holes[1:]), *holes)
+    values = [pod, name, f"{selectors}[{name}]", "namespaceObject.metadata.name"]
+    return " + ".join(part for piece, value in zip(pieces, [*values, None], strict=True)
+                      for part in (literal(piece), value) if part is not None)
+
+
+def namespace_warnings(policies: list[CompiledPolicy], pod: str) -> list[Obj]:
+    """The warnings of a `namespace-not-allowed` skip in the webhook's words and order:
+    validation i names the i-th refused policy when the variable `nsSkipped` holds, as many as
+    there are restricted policies."""
+    fallback = outside_namespace_warning("pod (a pod)", "(see its annotation)", "(its selector)",
+                                         "(the pod's)")
+    return [{"expression": f"!(variables.nsSkipped && size(variables.refusedNs) > {i})",
+             "messageExpression": outside_namespace_message(policies, pod,
+                                                            f"variables.refusedNs[{i}]"),
+             "message": fallback}
+            for i in range(sum(p.namespaces is not None for p in policies))]
+
+
+def namespace_denial(policies: list[CompiledPolicy], pod: str) -> Obj:
+    """`--strict`: the denial of a pod asking for a policy restricted away from its namespace,
+    when the variable `nsDenied` holds, with the webhook's message (each refusal, `; `)."""
+    return {"expression": "!variables.nsDenied",
+            "messageExpression": (
+                "variables.refusedNs.map(p, "
+                + outside_namespace_message(policies, pod, "p") + ").join('; ')"),
+            "message": ("an injection policy the pod asks for is restricted to other "
+                        "namespaces; see the policy's namespaceSelector"),
+            "reason": "Forbidden"}
 
 
 def kept_for_security(table: str) -> str:
@@ -454,7 +522,7 @@ def skipped_for_os(policies: list[CompiledPolicy]) -> str:
     linux_only = literal(dict.fromkeys(
         sorted(p.name for p in policies if OperatingSystem.WINDOWS not in p.systems), True))
     return (f"variables.windowsPod && size(variables.chosen) > 0 && "
-            f"variables.chosen.all(p, p in {linux_only}) && !({kept_for_namespace(policies)})")
+            f"variables.chosen.all(p, p in {linux_only}) && size(variables.refusedNs) == 0")
 
 
 def os_warnings(policies: list[CompiledPolicy], pod: str) -> list[Obj]:
@@ -553,12 +621,11 @@ def injection(compilable: Compilable, *, kube_version: tuple[int, int] | None,
 
     variables += [
         {"name": "table", "expression": table},
-        CHOSEN,
         *pod_variables(limits),
         {"name": "injectable", "expression": (
             "size(variables.requested) > 0 && variables.requested.all(n, n in variables.table) "
             "&& !variables.keptByWebhook && !(" + kept_for_security("variables.table") + ") "
-            "&& !(" + kept_for_namespace(compiled) + ") "
+            "&& size(variables.refusedNs) == 0 "
             "&& !variables.chosen.exists(p, "
             "variables.table[p].adds.exists(n, n in variables.ownNames) || "
             "variables.table[p].vols.exists(n, n in variables.ownVolumes) || "
@@ -761,14 +828,13 @@ def clash_denial(compilable: Compilable, *, inject_key: str) -> Check:
     pod = SHOWN_POD
     variables = [
         {"name": "clashNames", "expression": names},
-        CHOSEN,
         *pod_variables(Limits.of(compiled)),
         {"name": "judged", "expression": (
             "!variables.leftToWebhook && variables.skip == '' && size(variables.unknown) == 0 "
             "&& size(variables.requested) > 0 && variables.requested.all(n, n in "
             "variables.clashNames) && !variables.keptByWebhook && !("
-            + kept_for_security("variables.clashNames") + ") && !("
-            + kept_for_namespace(compiled) + ")")},
+            + kept_for_security("variables.clashNames") + ") && "
+            "size(variables.refusedNs) == 0")},
         {"name": "clashAt", "expression": (
             "lists.range(size(variables.chosen)).filter(j, variables.clashNames["
             "variables.chosen[j]].adds.exists(n, n in variables.ownNames || "

@@ -205,11 +205,16 @@ def _namespace_problems(subject: str, namespace: str, chosen: Sequence[CompiledP
                 f"namespaces matching {policy.namespaces.describe()}, and the labels of namespace "
                 f"{namespace} are not known (no cluster access): not applied")))
         elif not policy.namespaces.matches(labels):
-            problems.append((policy, (
-                f"{subject}: injection policy {policy.name!r} skipped: it is restricted to "
-                f"namespaces matching {policy.namespaces.describe()}, and namespace "
-                f"{namespace} is not one of them")))
+            problems.append((policy, outside_namespace_warning(
+                subject, policy.name, policy.namespaces.describe(), namespace)))
     return problems
+
+
+def outside_namespace_warning(subject: str, policy: str, selector: str, namespace: str) -> str:
+    """The refusal of `policy` (restricted to namespaces matching `selector`, in kubectl's
+    syntax) for `subject` (the pod) in `namespace`, which it does not match."""
+    return (f"{subject}: injection policy {policy!r} skipped: it is restricted to namespaces "
+            f"matching {selector}, and namespace {namespace} is not one of them")
 
 
 def _pod_security_problems(pod: dict[str, Any], view: PodView, chosen: Sequence[CompiledPolicy],

@@ -369,18 +369,26 @@ if MINOR >= MINIMUM_MINOR:
         injected = json.loads(both["named"][0]["metadata"]["annotations"][STATUS])
         assert injected["policies"] == ["wait-for-database", "logging"]
 
+    @contextmanager
+    def serving(plane: ControlPlane, factory: pytest.TempPathFactory, release: str, *args: str,
+                policies: Path = POLICIES) -> Iterator[dict[str, Any]]:
+        """A webhook of the suite's kind with `args` serving `policies`, running: its webhook
+        configuration, named after `release`."""
+        server = Webhook(factory.mktemp(f"{release}-webhook"), plane.kubeconfig, plane.logs,
+                         *args, log_name=f"{release}-webhook.log", policies=policies)
+        server.start()
+        try:
+            yield webhook_configuration(url=server.mutate_url, ca_bundle=server.ca_bundle,
+                                        failure_policy="Fail", release=release)
+        finally:
+            server.stop()
+
     @pytest.fixture(scope="module")
     def strict_webhook(control_plane: ControlPlane,
                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         """The suite's webhook with `--strict`, running; its webhook configuration."""
-        server = Webhook(tmp_path_factory.mktemp("strict-webhook"), control_plane.kubeconfig,
-                         control_plane.logs, "--strict", log_name="strict-webhook.log")
-        server.start()
-        try:
-            yield webhook_configuration(url=server.mutate_url, ca_bundle=server.ca_bundle,
-                                        failure_policy="Fail", release="strict")
-        finally:
-            server.stop()
+        with serving(control_plane, tmp_path_factory, "strict", "--strict") as configuration:
+            yield configuration
 
     def _denied_by_webhook(kube: Kube, namespace: str) -> bool:
         body = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "nope"})
@@ -466,23 +474,15 @@ spec:
     def restricted(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
                    ) -> Iterator[tuple[Path, dict[str, Any]]]:
         """The shipped policies, payments-agent, dual-agent and shared-agent, and the webhook
-        serving them:
-        its policy directory and webhook configuration."""
+        serving them: its policy directory and webhook configuration."""
         policies = tmp_path_factory.mktemp("restricted-policies")
         shutil.copytree(POLICIES, policies, dirs_exist_ok=True)
         (policies / "payments-agent.yaml").write_text(PAYMENTS_AGENT)
         (policies / "dual-agent.yaml").write_text(EXTRA["dual-agent"])
         (policies / "shared-agent.yaml").write_text(EXTRA["shared-agent"])
-        server = Webhook(tmp_path_factory.mktemp("restricted-webhook"), control_plane.kubeconfig,
-                         control_plane.logs, log_name="restricted-webhook.log",
-                         policies=policies)
-        server.start()
-        try:
-            yield policies, webhook_configuration(url=server.mutate_url,
-                                                  ca_bundle=server.ca_bundle,
-                                                  failure_policy="Fail", release="restricted")
-        finally:
-            server.stop()
+        with serving(control_plane, tmp_path_factory, "restricted",
+                     policies=policies) as configuration:
+            yield policies, configuration
 
     def _refused_by_webhook(kube: Kube, namespace: str) -> bool:
         body = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}",
@@ -511,15 +511,16 @@ spec:
                 compiled(control_plane, kube, compile_stream("--policies", str(policies))):
             alone = {case.name: create(case) for case in cases}
         assert both == by_webhook
-        for name in ("restricted-inside", "shared-envelope"):
+        # every policy asked for refused: skipped and warned of by the compiled policies too
+        for name in ("restricted-inside", "shared-envelope", "restricted-only-outside"):
             assert alone[name] == by_webhook[name], name
         shared = json.loads(alone["shared-envelope"][0]["metadata"]["annotations"][STATUS])
         assert shared["podResources"] == {"requests": {"cpu": "1", "memory": "1Gi"},
                                           "limits": {"cpu": "2", "memory": "2Gi"}}
         stamp = json.loads(alone["restricted-inside"][0]["metadata"]["annotations"][STATUS])
         assert stamp["policies"] == ["payments-agent", "logging"]
-        for name in ("restricted-outside", "restricted-only-outside", "windows-dual"):
-            # the compiled policies leave the pod be
+        for name in ("restricted-outside", "windows-dual"):
+            # refused in part, or Windows: the compiled policies leave the pod be
             pod, warnings = alone[name]
             assert STATUS not in (pod["metadata"].get("annotations") or {}), name
             assert warnings == [], name
@@ -539,6 +540,43 @@ spec:
         only = json.loads(by_webhook["restricted-only-outside"][0]["metadata"]["annotations"][
             STATUS])
         assert only["skipped"] == "namespace-not-allowed"
+
+    @pytest.fixture(scope="module")
+    def strict_restricted(control_plane: ControlPlane, restricted: tuple[Path, dict[str, Any]],
+                          tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+        """The webhook serving `restricted`'s policies with `--strict`: its configuration."""
+        with serving(control_plane, tmp_path_factory, "strict-restricted", "--strict",
+                     policies=restricted[0]) as configuration:
+            yield configuration
+
+    def test_strict_denies_a_policy_restricted_away_through_both_engines_alike(
+        control_plane: ControlPlane, kube: Kube, register: Register, create: Create,
+        restricted: tuple[Path, dict[str, Any]], strict_restricted: dict[str, Any],
+    ) -> None:
+        """--strict: a pod asking for a policy its namespace may not use is denied, with the
+        webhook's message, whether the others may be used there or not."""
+        policies, _ = restricted
+        with instead_of_the_suites_webhook(kube, strict_restricted):
+            probe = kube.ensure_namespace("strict-restricted-probe",
+                                          labels={INJECT: "enabled", "team": "shop"})
+            wait_for(lambda: _denied_by_webhook(kube, probe), 60,
+                     "the strict webhook with payments-agent to take effect")
+            by_webhook = {case.name: outcome(create, case, "admission webhook")
+                          for case in RESTRICTED}
+        with without_the_webhook(kube, register), compiled(
+                control_plane, kube, compile_stream("--strict", "--policies", str(policies)),
+                strict=True):
+            alone = {case.name: outcome(create, case, "ValidatingAdmissionPolicy")
+                     for case in RESTRICTED}
+        assert alone == by_webhook
+        assert [alone[case.name][0] for case in RESTRICTED] == ["admitted", "denied", "denied"]
+        assert {alone[name][1] for name in ("restricted-outside", "restricted-only-outside")} == {
+            403}
+        assert re.fullmatch(
+            r"pod compiled-restricted-only-outside-\w+/pod-restricted-only-outside: injection "
+            r"policy 'payments-agent' skipped: it is restricted to namespaces matching "
+            r"team=payments,env notin \(dev\), and namespace compiled-restricted-only-outside-"
+            r"\w+ is not one of them", alone["restricted-only-outside"][2])
 
     def test_check_cluster_finds_the_api_served(control_plane: ControlPlane) -> None:
         result = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--check-cluster",

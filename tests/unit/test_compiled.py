@@ -139,7 +139,9 @@ def _check_the_denial(deny: dict[str, Any], data: dict[str, Any], expected: obje
     """The deny policy runs after the engine policy stamped every pod it skips: it denies what
     the engine denies, with its message, unless the pod is left to the webhook."""
     variables = run_variables(deny, data)
-    validation, _clash = deny["validations"]  # --strict's, then --on-conflict deny's
+    # --strict's (an unknown policy, then one restricted away: tests/unit/
+    # test_compiled_injection.py), then --on-conflict deny's
+    validation, _restricted, _clash = deny["validations"]
     assert validation["reason"] == "Forbidden"
     admits = evaluate(validation["expression"], {**data, "variables": variables})
     if isinstance(expected, Deny) and not left:
@@ -228,7 +230,8 @@ def test_compile_names_the_pods_it_leaves_to_the_webhook_whatever_they_ask_for(
         "Windows pods asking for 'dual-agent'; pods too large for the CEL cost limits; name "
         "clashes under --on-conflict skip; pods in a namespace enforcing a Pod Security level "
         "that 'dual-agent', 'node-agent', 'vault-agent' may break; pods asking for "
-        "'vault-agent' in a namespace its namespaceSelector excludes (docs/spec.md)"]
+        "'vault-agent' in a namespace its namespaceSelector excludes, along with a policy the "
+        "namespace may use (docs/spec.md)"]
     hybrid = CliRunner().invoke(cli, ["policies", "compile", "--hybrid", "--policies",
                                       str(directory)], env={"POD_NAMESPACE": "sidecar-injector"})
     assert hybrid.stderr == ""

@@ -372,7 +372,8 @@ def kept_by_the_webhook(pod: dict[str, Any], namespace: dict[str, Any],
     """The pods webhook.compiled_injection leaves to the webhook on purpose: pod-level
     resources with an amount finer than a milli or over 8Ti, Windows pods asking for a policy
     that supports Windows, a Pod Security level one of the requested policies may break, and a
-    namespace a requested policy's namespaceSelector excludes."""
+    namespace a requested policy's namespaceSelector excludes while another requested policy
+    may be used there."""
     spec = pod["spec"]
     level = parse_level(namespace["metadata"].get("labels", {}).get(ENFORCE_LABEL))
     requested = requested_policies(pod["metadata"], namespace=NAMESPACE,
@@ -384,10 +385,10 @@ def kept_by_the_webhook(pod: dict[str, Any], namespace: dict[str, Any],
     risky = level in (Level.BASELINE, Level.RESTRICTED) and any(
         sample_pod_security(policies, name, level) for name in requested if name in policies)
     labels = namespace["metadata"].get("labels", {})
-    excluded = any(name in policies and (selector := policies[name].namespaces) is not None
-                   and not selector.matches(labels) for name in requested)
+    excluded = [name in policies and (selector := policies[name].namespaces) is not None
+                and not selector.matches(labels) for name in requested]
     windows = pod_os(spec) is OperatingSystem.WINDOWS and WINDOWS_TOO in requested
-    return not envelope_fits(spec) or windows or risky or excluded
+    return not envelope_fits(spec) or windows or risky or (any(excluded) and not all(excluded))
 
 
 def envelope_fits(spec: dict[str, Any]) -> bool:
@@ -418,11 +419,16 @@ def test_the_compiled_policy_injects_as_the_engine(
     if decision == INJECT:
         assert isinstance(outcome.decision, Inject)
         assert applied(pod, ops) == applied(pod, outcome.patch)
-    elif decision == SkipReason.UNSUPPORTED_OS.value:  # a Windows pod, Linux policies only
+    elif decision in (SkipReason.UNSUPPORTED_OS.value, SkipReason.NAMESPACE_NOT_ALLOWED.value):
+        # a Windows pod asking for Linux policies only, or a pod asking only for policies
+        # restricted away from its namespace
         assert isinstance(outcome.decision, Skip), outcome
-        assert outcome.decision.reason is SkipReason.UNSUPPORTED_OS
+        assert outcome.decision.reason.value == decision
         assert applied(pod, ops) == applied(pod, outcome.patch)
         assert warned(policies, config, applied(pod, ops), namespace) == list(outcome.warnings)
+    elif isinstance(outcome.decision, Skip) and (
+            outcome.decision.reason is SkipReason.NAMESPACE_NOT_ALLOWED):
+        raise AssertionError(f"a namespace-not-allowed skip left to the webhook: {decision!r}")
     elif (isinstance(outcome.decision, Inject) and not outcome.warnings) or (
             isinstance(outcome.decision, Skip)
             and outcome.decision.reason is SkipReason.UNSUPPORTED_OS):
@@ -478,6 +484,85 @@ def test_a_namespace_a_policy_is_restricted_away_from_leaves_the_pod_to_the_webh
         assert (decision, ops) == ("", [])
         assert len([w for w in outcome.warnings if "is restricted to namespaces matching" in w]
                    ) == 3 - len(injected)
+
+
+def denials(policies: PolicySet, config: EngineConfig, pod: dict[str, Any],
+            namespace: dict[str, Any]) -> list[str]:
+    """The deny policy's messages for `pod`, which the engine policy left unstamped."""
+    deny = engine_spec(policies, config, "sidecar-injector-deny")
+    scope = {"object": pod, "namespaceObject": namespace}
+    scope["variables"] = run_variables(deny, scope)
+    assert {v["reason"] for v in deny["validations"]} == {"Forbidden"}  # 403, as the webhook's
+    return [evaluate(v["messageExpression"], scope) for v in deny["validations"]
+            if not evaluate(v["expression"], scope)]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize(("labels", "asked", "refused"), [
+    ({}, "payments-agent, audited-agent", ["payments-agent", "audited-agent"]),
+    ({"team": "shop", "audited": ""}, "payments-agent", ["payments-agent"]),
+    ({"team": "payments", "env": "dev"}, "audited-agent,payments-agent,audited-agent",
+     ["audited-agent", "payments-agent"]),
+    # refused only in part: the webhook injects the rest (left to it), or denies with --strict
+    ({"team": "payments"}, "logging, audited-agent", ["audited-agent"]),
+])
+def test_a_pod_asking_for_policies_restricted_away_is_skipped_or_denied_as_by_the_webhook(
+    policies: PolicySet, labels: dict[str, str], asked: str, refused: list[str], strict: bool,
+) -> None:
+    config = EngineConfig(selection=Selection(keys=KEYS, own_namespace=OWN, strict=strict))
+    pod = {"metadata": {"name": "web", "namespace": NAMESPACE,
+                        "annotations": {KEYS.inject: asked}},
+           "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+    namespace = {"metadata": {"name": NAMESPACE, "labels": {KEYS.inject: "enabled", **labels}}}
+    decision, ops = compiled_ops(engine_spec(policies, config), pod, namespace)
+    outcome = engine_outcome(policies, config, pod, namespace)
+    texts = [f"pod {NAMESPACE}/web: injection policy '{name}' skipped: it is restricted to "
+             f"namespaces matching {selector.describe()}, and namespace {NAMESPACE} is not one "
+             "of them" for name in refused if (selector := policies[name].namespaces)]
+    assert len(texts) == len(refused)
+    if strict:  # the deny policy denies the unstamped pod, with the webhook's message
+        assert isinstance(outcome.decision, Deny)
+        assert outcome.message == "; ".join(texts)
+        assert (decision, ops) == ("", [])
+        assert denials(policies, config, pod, namespace) == [outcome.message]
+    elif "logging" in asked:
+        assert isinstance(outcome.decision, Inject)
+        assert (decision, ops) == ("", [])
+    else:  # skipped and stamped as the webhook does, and warned of in its words
+        assert isinstance(outcome.decision, Skip)
+        assert outcome.decision.reason is SkipReason.NAMESPACE_NOT_ALLOWED
+        assert decision == SkipReason.NAMESPACE_NOT_ALLOWED.value
+        assert applied(pod, ops) == applied(pod, outcome.patch)
+        assert warned(policies, config, applied(pod, ops), namespace) == list(
+            outcome.warnings) == texts
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_deny_policy_denies_as_the_engine_with_strict(
+    policies: PolicySet, data: st.DataObject,
+) -> None:
+    """--strict: the deny policy judges the pods the engine policy left unstamped, and denies
+    those the engine denies for an unknown policy, a policy restricted away from the namespace
+    or a name clash, with its message; the engine denies none of the pods the engine policy
+    stamped."""
+    names = policies.names()
+    config = EngineConfig(selection=Selection(keys=KEYS, default_policies=("logging",),
+                                              own_namespace=OWN, strict=True))
+    pod = data.draw(pods([*names, "missing"]))
+    pod["metadata"].setdefault("name", "web-7d9f-x1y2z")  # as validating admission sees it
+    namespace = data.draw(namespaces(names))
+    decision, _ = compiled_ops(engine_spec(policies, config), pod, namespace)
+    outcome = engine_outcome(policies, config, pod, namespace)
+    if decision != "":
+        assert not isinstance(outcome.decision, Deny), outcome
+        return  # stamped by the engine policy: the deny policy's matchCondition leaves it
+    denied = denials(policies, config, pod, namespace)
+    if denied:
+        assert isinstance(outcome.decision, Deny)
+        assert denied == [outcome.message]
+    elif isinstance(outcome.decision, Deny):
+        assert kept_by_the_webhook(pod, namespace, policies, config)  # the webhook's to deny
 
 
 def test_a_pod_asking_for_every_policy_gets_what_the_webhook_gives(policies: PolicySet) -> None:
