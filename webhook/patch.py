@@ -135,9 +135,17 @@ def _extend(ops: list[Operation], path: str, existing: Sequence[Any] | None,
     if not items:
         return
     if not existing:
-        ops.append({"op": "add", "path": path, "value": list(items)})
+        ops.append({"op": "add", "path": path, "value": _array(items)})
         return
     ops.extend({"op": "add", "path": f"{path}/-", "value": item} for item in items)
+
+
+def _array(items: Sequence[Any]) -> Any:
+    """`items` as one JSON array: the text itself when they are pre-rendered (what `render`
+    gives), so that `serialize` need not walk them again."""
+    if isinstance(items[0], RawJSON):
+        return RawJSON("[" + ",".join(items) + "]")
+    return list(items)
 
 
 def _insert_front(ops: list[Operation], path: str, items: Sequence[Any]) -> None:

@@ -8,6 +8,7 @@ builds no patch (that is `patch`) and never touches the pod.
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from webhook.policy import (
     PLACEHOLDER,
     SERVICE_ACCOUNT_MOUNT_PATH,
     CompiledPolicy,
+    PodMount,
     Position,
     RawJSON,
     SidecarMode,
@@ -132,7 +134,8 @@ def sidecars_native(policy: CompiledPolicy, kube_version: tuple[int, int] | None
 def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOptions) -> Rendered:
     """Work out every addition for `policies` (in order) on `pod`; a clash denies or skips."""
     out = Rendered()
-    found = clashes(pod, policies)
+    plan = _plan(policies, options.kube_version)
+    found = [] if plan.clears(pod) else clashes(pod, policies)
     if found and options.on_conflict == "deny":
         policy, clash = found[0]
         out.denial = (f"pod {pod.name}: {clash}; rename one of them or leave "
@@ -140,50 +143,144 @@ def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOpti
         return out
     for policy, clash in found:
         out.warnings.append(f"pod {pod.name}: injection policy {policy.name!r} skipped: {clash}")
-    clashing = {policy.name for policy, _ in found}
-    chosen = [policy for policy in policies if policy.name not in clashing]
-    if not chosen:
-        return out
+    if found:
+        clashing = {policy.name for policy, _ in found}
+        chosen = [policy for policy in policies if policy.name not in clashing]
+        if not chosen:
+            return out
+        plan = _plan(chosen, options.kube_version)
     substitute = _Substitution(pod)
     status: dict[str, Any] = {
-        "policies": [p.name for p in chosen], "initContainers": [], "containers": [],
-        "volumes": [], "env": {}, "volumeMounts": {}, "podAnnotations": [], "podLabels": [],
+        "policies": list(plan.names), "initContainers": list(plan.init_container_names),
+        "containers": list(plan.sidecar_names), "volumes": list(plan.volume_names), "env": {},
+        "volumeMounts": {}, "podAnnotations": [], "podLabels": [],
     }
     envelope = pod_level(pod.spec) is not None
     token = _token_mount(pod)
-    windows = pod_os(pod.spec) is OperatingSystem.WINDOWS
-    added: dict[str, list[Any]] = {"front": [], "back": [], "containers": []}  # values, in order
-    for policy in chosen:
-        native = sidecars_native(policy, options.kube_version)
-        inits, natives, classics = policy.variants[(envelope, windows)]
-        templates = [*inits, *natives] if native else list(inits)
-        side = "front" if policy.position is Position.FIRST else "back"
-        (out.init_front if side == "front" else out.init_back).extend(
-            substitute(t, token) for t in templates)
-        added[side] += [t.value for t in templates]
-        if not native:
-            out.containers.extend(substitute(t, token) for t in classics)
-            added["containers"] += [t.value for t in classics]
-        status["initContainers"] += policy.init_container_names
-        status["containers"] += policy.sidecar_names
-        out.volumes.extend(substitute(t) for t in policy.volumes)
-        status["volumes"] += policy.volume_names
+    front, back, classics = plan.shapes[(envelope, pod_os(pod.spec) is OperatingSystem.WINDOWS)]
+    out.init_front = [substitute(t, token) for t in front]
+    out.init_back = [substitute(t, token) for t in back]
+    out.containers = [substitute(t, token) for t in classics]
+    out.volumes = [substitute(t) for t in plan.volumes]
     if envelope:
-        out.pod_resources = grow(pod.spec, init_front=added["front"], init_back=added["back"],
-                                 containers=added["containers"])
+        out.pod_resources = grow(pod.spec, init_front=[t.value for t in front],
+                                 init_back=[t.value for t in back],
+                                 containers=[t.value for t in classics])
         if out.pod_resources is not None:
             status["podResources"] = out.pod_resources.previous
-    _render_pull_secrets(pod, chosen, out, status)
-    _render_mounts(pod, chosen, substitute, out, status)
-    _render_env(pod, chosen, substitute, out, status)
-    _render_metadata(pod, chosen, substitute, out, status, status_key=options.status_key)
+    _render_pull_secrets(pod, plan, out, status)
+    _render_mounts(pod, plan, substitute, out, status)
+    _render_env(pod, plan, substitute, out, status)
+    _render_metadata(pod, plan, substitute, out, status, status_key=options.status_key)
     if options.refused:
         status["refused"] = dict(options.refused)
-    status["revision"] = revision(chosen)
+    status["revision"] = plan.revision
     out.applied = status["policies"]
     out.annotations[options.status_key] = json.dumps(status, separators=(",", ":"),
                                                      ensure_ascii=False)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What `render` adds for one list of policies, whatever the pod: the parts of each policy
+    in the order they go, the names they take, their revision. Worked out once per list (and
+    cluster version), not per pod: the pods of a namespace ask for few distinct lists."""
+
+    policies: tuple[CompiledPolicy, ...]
+    names: tuple[str, ...]
+    init_container_names: tuple[str, ...]
+    sidecar_names: tuple[str, ...]
+    volume_names: tuple[str, ...]
+    #: no two of the policies add the same container or volume name
+    apart: bool
+    #: (init containers at the front, at the back, classic sidecars) by (the pod has a
+    #: pod-level envelope, the pod runs Windows): see CompiledPolicy.variants
+    shapes: Mapping[tuple[bool, bool], tuple[tuple[Template, ...], ...]]
+    volumes: tuple[Template, ...]
+    pull_secrets: tuple[str, ...]
+    #: each with its `same_path`; when they are for every container, only the first of a path
+    mounts: tuple[tuple[PodMount, object], ...]
+    #: the `same_path`s of `mounts` when they are for every container (None: some choose)
+    mount_paths: tuple[object, ...] | None
+    #: the first of each name: a later policy's variable of the same name is never added
+    env: tuple[Template, ...]
+    env_names: tuple[str, ...]
+    annotations: tuple[tuple[str, Template], ...]
+    labels: tuple[tuple[str, Template], ...]
+    revision: str
+
+    @classmethod
+    def of(cls, policies: Sequence[CompiledPolicy], kube_version: tuple[int, int] | None,
+           ) -> _Plan:
+        shapes = {}
+        for variant in ((False, False), (False, True), (True, False), (True, True)):
+            front: list[Template] = []
+            back: list[Template] = []
+            classics: list[Template] = []
+            for policy in policies:
+                runs, natives, classic = policy.variants[variant]
+                native = sidecars_native(policy, kube_version)
+                (front if policy.position is Position.FIRST else back).extend(
+                    (*runs, *natives) if native else runs)
+                classics.extend(() if native else classic)
+            shapes[variant] = (tuple(front), tuple(back), tuple(classics))
+        inits = tuple(n for p in policies for n in p.init_container_names)
+        sidecars = tuple(n for p in policies for n in p.sidecar_names)
+        volumes = tuple(n for p in policies for n in p.volume_names)
+        mounts = [(m, same_path(m.mount_path)) for p in policies for m in p.mounts]
+        every = all(m.containers is None for m, _ in mounts)
+        if every:  # the first of each path
+            first: dict[object, tuple[PodMount, object]] = {}
+            for mount, path in mounts:
+                first.setdefault(path, (mount, path))
+            mounts = list(first.values())
+        env: dict[str, Template] = {}
+        for template in (t for p in policies for t in p.env):
+            env.setdefault(template.value["name"], template)
+        return cls(
+            policies=tuple(policies), names=tuple(p.name for p in policies),
+            init_container_names=inits, sidecar_names=sidecars, volume_names=volumes,
+            apart=len({*inits, *sidecars}) == len(inits) + len(sidecars)
+            and len(set(volumes)) == len(volumes),
+            shapes=shapes, volumes=tuple(t for p in policies for t in p.volumes),
+            pull_secrets=tuple(dict.fromkeys(n for p in policies for n in p.pull_secrets)),
+            mounts=tuple(mounts),
+            mount_paths=tuple(path for _, path in mounts) if every else None,
+            env=tuple(env.values()), env_names=tuple(env),
+            annotations=tuple(item for p in policies for item in p.pod_annotations.items()),
+            labels=tuple(item for p in policies for item in p.pod_labels.items()),
+            revision=revision(policies))
+
+    def clears(self, pod: PodView) -> bool:
+        """No name the policies add is taken by `pod` or by another of them: `clashes` would
+        find nothing (and need not be asked)."""
+        if not self.apart:
+            return False
+        taken = {c["name"] for c in pod.init_containers}
+        taken.update(c["name"] for c in pod.containers)
+        if not taken.isdisjoint(self.init_container_names) or not taken.isdisjoint(
+                self.sidecar_names):
+            return False
+        return not self.volume_names or {v["name"] for v in pod.volumes}.isdisjoint(
+            self.volume_names)
+
+
+#: plans by (policy names, cluster version); a policy set reloaded makes new CompiledPolicy
+#: objects, so a plan serves only when its policies are the very objects asked for
+_PLANS: dict[tuple[tuple[str, ...], tuple[int, int] | None], _Plan] = {}
+_MAX_PLANS = 256
+
+
+def _plan(policies: Sequence[CompiledPolicy], kube_version: tuple[int, int] | None) -> _Plan:
+    key = (tuple(p.name for p in policies), kube_version)
+    plan = _PLANS.get(key)
+    if plan is None or not all(map(operator.is_, plan.policies, policies)):
+        plan = _Plan.of(policies, kube_version)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
 
 
 def clashes(pod: PodView, policies: Sequence[CompiledPolicy]) -> list[tuple[CompiledPolicy, str]]:
@@ -234,34 +331,43 @@ def skipped_status(reason: str) -> str:
     return json.dumps({"policies": [], "skipped": reason}, separators=(",", ":"))
 
 
-def _render_pull_secrets(pod: PodView, chosen: Sequence[CompiledPolicy], out: Rendered,
+def _render_pull_secrets(pod: PodView, plan: _Plan, out: Rendered,
                          status: dict[str, Any]) -> None:
     """Image pull secrets the pod does not list yet, once each, in policy order."""
+    if not plan.pull_secrets:
+        return
     listed = pod.spec.get("imagePullSecrets")
     have = {ref.get("name") for ref in listed if isinstance(ref, dict)} if isinstance(
         listed, list) else set()
-    added = [name for policy in chosen for name in policy.pull_secrets]
-    added = [name for name in dict.fromkeys(added) if name not in have]
+    added = [name for name in plan.pull_secrets if name not in have]
     if added:
         out.pull_secrets = [{"name": name} for name in added]
         status["imagePullSecrets"] = added
 
 
-def _render_mounts(pod: PodView, chosen: Sequence[CompiledPolicy], substitute: _Substitution,
-                   out: Rendered, status: dict[str, Any]) -> None:
+def _render_mounts(pod: PodView, plan: _Plan, substitute: _Substitution, out: Rendered,
+                   status: dict[str, Any]) -> None:
+    if not plan.mounts:
+        return
+    every: tuple[list[RawJSON], list[str]] | None = None  # all of them, for most containers
     for index, container in enumerate(pod.containers):
         name = container["name"]
         used = {same_path(m.get("mountPath")) for m in container.get("volumeMounts") or []
                 if isinstance(m, dict)}
+        if plan.mount_paths is not None and used.isdisjoint(plan.mount_paths):
+            if every is None:
+                every = ([substitute(m.mount) for m, _ in plan.mounts],
+                         [m.mount_path for m, _ in plan.mounts])
+            out.mounts[index], status["volumeMounts"][name] = every[0], list(every[1])
+            continue
         added = []
-        for policy in chosen:
-            for mount in policy.mounts:
-                if mount.containers is not None and name not in mount.containers:
-                    continue
-                if same_path(mount.mount_path) in used:
-                    continue
-                used.add(same_path(mount.mount_path))
-                added.append(mount)
+        for mount, path in plan.mounts:
+            if mount.containers is not None and name not in mount.containers:
+                continue
+            if path in used:
+                continue
+            used.add(path)
+            added.append(mount)
         if added:
             out.mounts[index] = [substitute(m.mount) for m in added]
             status["volumeMounts"][name] = [m.mount_path for m in added]
@@ -272,35 +378,37 @@ def same_path(path: object) -> object:
     return path.rstrip("/") or "/" if isinstance(path, str) else path
 
 
-def _render_env(pod: PodView, chosen: Sequence[CompiledPolicy], substitute: _Substitution,
-                out: Rendered, status: dict[str, Any]) -> None:
+def _render_env(pod: PodView, plan: _Plan, substitute: _Substitution, out: Rendered,
+                status: dict[str, Any]) -> None:
+    if not plan.env:
+        return
+    every: list[RawJSON] | None = None  # all of them, for most containers
     for index, container in enumerate(pod.containers):
         names = {e.get("name") for e in container.get("env") or [] if isinstance(e, dict)}
-        added = []
-        for policy in chosen:
-            for template in policy.env:
-                if template.value["name"] in names:
-                    continue
-                names.add(template.value["name"])
-                added.append(template)
+        if names.isdisjoint(plan.env_names):
+            if every is None:
+                every = [substitute(t) for t in plan.env]
+            out.env[index], status["env"][container["name"]] = every, list(plan.env_names)
+            continue
+        added = [t for t, name in zip(plan.env, plan.env_names, strict=True)
+                 if name not in names]
         if added:
             out.env[index] = [substitute(t) for t in added]
             status["env"][container["name"]] = [t.value["name"] for t in added]
 
 
-def _render_metadata(pod: PodView, chosen: Sequence[CompiledPolicy], substitute: _Substitution,
-                     out: Rendered, status: dict[str, Any], *, status_key: str) -> None:
+def _render_metadata(pod: PodView, plan: _Plan, substitute: _Substitution, out: Rendered,
+                     status: dict[str, Any], *, status_key: str) -> None:
     annotations = pod.metadata.get("annotations") or {}
     labels = pod.metadata.get("labels") or {}
-    for policy in chosen:
-        for key, template in policy.pod_annotations.items():
-            if key not in annotations and key not in out.annotations and key != status_key:
-                out.annotations[key] = substitute.text(template)
-                status["podAnnotations"].append(key)
-        for key, template in policy.pod_labels.items():
-            if key not in labels and key not in out.labels:
-                out.labels[key] = substitute.text(template)
-                status["podLabels"].append(key)
+    for key, template in plan.annotations:
+        if key not in annotations and key not in out.annotations and key != status_key:
+            out.annotations[key] = substitute.text(template)
+            status["podAnnotations"].append(key)
+    for key, template in plan.labels:
+        if key not in labels and key not in out.labels:
+            out.labels[key] = substitute.text(template)
+            status["podLabels"].append(key)
 
 
 class _Names:

@@ -242,6 +242,24 @@ def test_injecting_twice_is_a_no_op(policies: PolicySet) -> None:
     assert twice == once
 
 
+def test_a_policy_reloaded_under_the_same_name_is_rendered_as_it_is_now(
+    policies: PolicySet, write_policies: WritePolicies,
+) -> None:
+    _, before = run(policies, pod("logging,metrics"))  # what render works out per policy list
+    changed = LOGGING.replace("fluent/fluent-bit:3.2.4", "fluent/fluent-bit:4.0.0").replace(
+        "volumes: [{name: app-logs, emptyDir: {}}]",
+        "volumes: [{name: app-logs, emptyDir: {}}, {name: buffer, emptyDir: {}}]")
+    reloaded = load_policy_dir(write_policies(logging=changed, metrics=METRICS))
+    outcome, after = run(reloaded, pod("logging,metrics"))
+    assert after["spec"]["initContainers"][1]["image"] == "fluent/fluent-bit:4.0.0"
+    assert names(after["spec"]["volumes"]) == ["app-logs", "buffer"]
+    assert status_of(after)["revision"] != status_of(before)["revision"]
+    assert outcome.policies == ("logging", "metrics")
+    clash = pod("logging,metrics", volumes=[{"name": "buffer", "emptyDir": {}}])
+    assert not run(policies, clash)[0].message  # the old set adds no `buffer`
+    assert "volume 'buffer'" in (run(reloaded, clash)[0].message or "")
+
+
 def test_remove_undoes_exactly_what_status_records(policies: PolicySet) -> None:
     original = pod("logging,metrics", initContainers=[{"name": "own", "image": "x"}],
                    volumes=[{"name": "data", "emptyDir": {}}])
