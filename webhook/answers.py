@@ -91,7 +91,7 @@ class Answer:
         # the decision and warnings only: the patch's operations (thousands of objects for a
         # large pod) would be uncounted memory that every garbage collection walks
         summary = Outcome(outcome.decision, warnings=outcome.warnings)
-        encoded = None if patch is None else EncodedPatch.of(patch.encode(), token)
+        encoded = None if patch is None else EncodedPatch.of(patch, token)
         return cls(summary, head, middle, tail, encoded)
 
     def for_pod(self, uid: str, token: str | None) -> bytes:

@@ -71,8 +71,8 @@ class Outcome:
     warnings: tuple[str, ...] = ()
 
     @property
-    def patch_json(self) -> str:
-        """The RFC 6902 patch as JSON text (what the server sends, base64-encoded)."""
+    def patch_json(self) -> bytes:
+        """The RFC 6902 patch as UTF-8 JSON text (what the server sends, base64-encoded)."""
         return serialize(self.operations)
 
     @property

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import operator
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import orjson
 
 from webhook.platform import OperatingSystem, pod_os
 from webhook.podresources import PodLevelChange, grow, pod_level
@@ -31,6 +33,8 @@ from webhook.policy import (
 from webhook.selection import describe_pod
 
 NATIVE_SIDECARS_SINCE = (1, 29)
+#: `json.dumps(text, ensure_ascii=False)` for a string
+_string: Callable[[str], str] = json.encoder.encode_basestring
 OnConflict = Literal["deny", "skip"]
 
 
@@ -176,8 +180,7 @@ def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOpti
         status["refused"] = dict(options.refused)
     status["revision"] = plan.revision
     out.applied = status["policies"]
-    out.annotations[options.status_key] = json.dumps(status, separators=(",", ":"),
-                                                     ensure_ascii=False)
+    out.annotations[options.status_key] = orjson.dumps(status).decode()
     return out
 
 
@@ -322,8 +325,8 @@ def _token_mount(pod: PodView) -> str | None:
         for c in (*pod.init_containers, *pod.containers) for m in c.get("volumeMounts") or [])
     if not mounted:
         return None
-    return json.dumps({"name": volume, "readOnly": True, "mountPath": SERVICE_ACCOUNT_MOUNT_PATH},
-                      separators=(",", ":"))
+    return orjson.dumps({"name": volume, "readOnly": True,
+                         "mountPath": SERVICE_ACCOUNT_MOUNT_PATH}).decode()
 
 
 def skipped_status(reason: str) -> str:
@@ -479,7 +482,7 @@ class _Substitution:
             value = self._replace(match)
             if "$" in value and any(start <= match.start() < end for start, end in spans):
                 value = value.replace("$", "$$")
-            return json.dumps(value, ensure_ascii=False)[1:-1]
+            return _string(value)[1:-1]
 
         return RawJSON(JSON_PLACEHOLDER.sub(replace, text))
 
@@ -496,4 +499,4 @@ class _Substitution:
         return found if isinstance(found, str) else ""
 
     def _replace_in_json(self, match: re.Match[str]) -> str:
-        return json.dumps(self._replace(match), ensure_ascii=False)[1:-1]
+        return _string(self._replace(match))[1:-1]

@@ -93,7 +93,7 @@ def answer(uid: str, outcome: Outcome, *, patch: str | None = None) -> dict[str,
     response: dict[str, Any] = {"uid": uid, "allowed": outcome.allowed}
     if outcome.allowed and outcome.operations:
         response["patchType"] = "JSONPatch"
-        response["patch"] = patch or base64.b64encode(outcome.patch_json.encode()).decode()
+        response["patch"] = patch or base64.b64encode(outcome.patch_json).decode()
     if not outcome.allowed:
         response["status"] = {"code": DENIED_CODE, "reason": "Forbidden",
                               "message": outcome.message}
