@@ -135,12 +135,12 @@ def requested_policies(
     keys = settings.keys
     if settings.untouched(namespace):
         return Skip(SkipReason.SYSTEM_NAMESPACE)
-    annotations = _string_map(metadata.get("annotations"))
-    labels = _string_map(metadata.get("labels"))
-    if keys.status in annotations:
+    annotations, labels = metadata.get("annotations"), metadata.get("labels")
+    if _string_at(annotations, keys.status) is not None:
         return Skip(SkipReason.ALREADY_INJECTED)
-    requested = annotations.get(keys.inject)
-    if labels.get(keys.inject) == OPT_OUT or (requested or "").strip().lower() == OPT_OUT:
+    requested = _string_at(annotations, keys.inject)
+    if _string_at(labels, keys.inject) == OPT_OUT or (
+            requested or "").strip().lower() == OPT_OUT:
         return Skip(SkipReason.OPTED_OUT)
     if requested is None or requested.strip().lower() in USE_DEFAULTS:
         names = tuple(namespace_policies or ()) or settings.default_policies
@@ -149,7 +149,8 @@ def requested_policies(
     return names or Skip(SkipReason.NO_POLICIES)
 
 
-def _string_map(value: object) -> dict[str, str]:
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): v for k, v in value.items() if isinstance(v, str)}
+def _string_at(mapping: object, key: str) -> str | None:
+    """`mapping[key]` when `mapping` is a map and that value a string (labels and annotations
+    as a pod's author wrote them), else None."""
+    value = mapping.get(key) if isinstance(mapping, dict) else None
+    return value if isinstance(value, str) else None
