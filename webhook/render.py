@@ -33,6 +33,10 @@ from webhook.policy import (
 from webhook.selection import describe_pod
 
 NATIVE_SIDECARS_SINCE = (1, 29)
+#: `json.dumps(value, separators=(",", ":"), ensure_ascii=False)` without a new encoder per call:
+#: the stamp's text (not orjson's: `podResources` keeps the pod's own values, which may be
+#: numbers, printed as Python's json prints them, and ints past 64 bits)
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 #: `json.dumps(text, ensure_ascii=False)` for a string
 _string: Callable[[str], str] = json.encoder.encode_basestring
 OnConflict = Literal["deny", "skip"]
@@ -180,7 +184,7 @@ def render(pod: PodView, policies: Sequence[CompiledPolicy], options: RenderOpti
         status["refused"] = dict(options.refused)
     status["revision"] = plan.revision
     out.applied = status["policies"]
-    out.annotations[options.status_key] = orjson.dumps(status).decode()
+    out.annotations[options.status_key] = _compact(status)
     return out
 
 

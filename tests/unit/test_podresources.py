@@ -184,3 +184,13 @@ def test_a_policy_with_absurd_resources_still_gives_an_answer(
                      config=EngineConfig())
     after = jsonpatch.apply_patch(before, outcome.patch)
     assert after["spec"]["resources"]["requests"]["memory"] == "15Ei"
+
+
+def test_the_pods_own_amounts_given_as_numbers_are_recorded_as_they_were(
+    write_policies: WritePolicies,
+) -> None:
+    envelope = {"requests": {"cpu": 0.5, "memory": 2**70}, "limits": {"cpu": 2}}  # YAML numbers
+    _, after = inject(write_policies, "add", envelope)
+    stamp = after["metadata"]["annotations"][STATUS]
+    assert json.loads(stamp)["podResources"] == envelope
+    assert '"memory":1180591620717411303424' in stamp
