@@ -20,6 +20,12 @@ request a new pod (its `app` label counts up: every answer is rendered).
 
 The floor and `/mutate` are measured alternately, `--rounds` times, at each `--connections`; the
 table gives every run and the ratios of the medians.
+
+`--baseline REV` adds one more reference to every scenario: `serve` as it was at the git revision
+REV (checked out into a temporary worktree, run from there with this environment), measured in
+the same alternation, so that the ratio against it is what the commits since REV bought, on the
+same machine in the same minutes. Between runs the floors of this machine move by up to 40%, so
+a change is judged against a baseline measured beside it, not against an older table.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,8 +108,9 @@ SCENARIOS = {
 }
 
 
-def start(argv: list[str], port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start(argv: list[str], port: int, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               cwd=cwd)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -123,9 +131,10 @@ class Server:
     argv: list[str]
     port: int
     process: subprocess.Popen[bytes] | None = None
+    cwd: Path | None = None
 
     def __enter__(self) -> Server:
-        self.process = start(self.argv, self.port)
+        self.process = start(self.argv, self.port, self.cwd)
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -134,11 +143,26 @@ class Server:
         self.process.wait(30)
 
 
-def injector(port: int, certs: Path) -> Server:
-    return Server("mutate", [
+def injector(port: int, certs: Path, tree: Path = ROOT, name: str = "mutate") -> Server:
+    """`serve` from the source `tree` (`python -m webhook` run there imports that tree's
+    package), with this tree's policies."""
+    return Server(name, [
         sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", "--port", str(port),
         "--tls-cert", str(certs / "tls.crt"), "--tls-key", str(certs / "tls.key"),
-        "--log-level", "warning", "--policies", str(ROOT / "policies")], port)
+        "--log-level", "warning", "--policies", str(ROOT / "policies")], port, cwd=tree)
+
+
+@contextmanager
+def worktree(revision: str, parent: Path) -> Iterator[Path]:
+    """The source tree at git `revision`, checked out under `parent` for as long as it is used."""
+    path = parent / "baseline"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path),
+                    revision], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+                       check=False)
 
 
 def floor(kind: str, port: int, certs: Path, answer: Path | None = None) -> Server:
@@ -168,21 +192,29 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(
         [*SCENARIOS, *(f"{name}{NEW_PODS}" for name in SCENARIOS if name != "untouched")]),
         help=f"comma-separated; a name ending in {NEW_PODS!r} sends a new pod every request")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also measure `serve` as it was at this git revision, alternately")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
     connections = [int(c) for c in args.connections.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         certs = Path(tmp) / "certs"
         generate_certs(certs)
-        with injector(free_port(), certs) as server:
-            rows = run(args, Path(tmp), certs, server, connections)
+        server = stack.enter_context(injector(free_port(), certs))
+        references = {}
+        if args.baseline:
+            tree = stack.enter_context(worktree(args.baseline, Path(tmp)))
+            name = f"serve@{args.baseline}"
+            references[name] = stack.enter_context(injector(free_port(), certs, tree, name))
+        rows = run(args, Path(tmp), certs, server, connections, references)
     report(rows)
 
 
 def run(args: argparse.Namespace, tmp: Path, certs: Path, server: Server,
-        connections: list[int]) -> list[Any]:
-    """Each scenario against its floors, alternately, at each concurrency."""
+        connections: list[int], references: dict[str, Server]) -> list[Any]:
+    """Each scenario against its floors (and `references`), alternately, at each
+    concurrency."""
     rows: list[Any] = []
     for name in args.scenarios.split(","):
         new_pods = name.endswith(NEW_PODS)
@@ -202,6 +234,8 @@ def run(args: argparse.Namespace, tmp: Path, certs: Path, server: Server,
         with ExitStack() as stack:
             floors = {kind: stack.enter_context(floor(kind, free_port(), certs,
                                                       tmp / "answer.json")) for kind in kinds}
+            floors.update(references)
+            kinds += list(references)
             for c in connections:
                 runs: dict[str, list[dict[str, float]]] = {k: [] for k in [*kinds, "mutate"]}
                 for _ in range(args.rounds):
