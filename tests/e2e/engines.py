@@ -268,12 +268,17 @@ def twin_engines(plane: ControlPlane, kube: Kube) -> Iterator[Twins]:
     twins = Twins(kube)
     try:
         for engine, stream in streams.items():
-            probe = kube.ensure_namespace(f"policy-probe-{engine}", labels={
-                INJECT: "enabled", ENGINE_LABEL: engine})
-            # each kind is loaded on its own; the warning policy counts a check when it warns
+            # each policy and each of its bindings (opted-in namespaces, pods opted in by
+            # label) is loaded on its own; the warning policy counts a check when it warns
             mutating, validating = _policies(stream)
-            wait_in_effect(plane, kube, mutating, namespace=probe)
-            wait_in_effect(plane, kube, validating, namespace=probe, asks="probe-unknown")
+            for probe, labels in (
+                    (kube.ensure_namespace(f"policy-probe-{engine}", labels={
+                        INJECT: "enabled", ENGINE_LABEL: engine}), None),
+                    (kube.ensure_namespace(f"policy-probe-{engine}-plain", labels={
+                        ENGINE_LABEL: engine}), {INJECT: "enabled"})):
+                wait_in_effect(plane, kube, mutating, namespace=probe, labels=labels)
+                wait_in_effect(plane, kube, validating, namespace=probe, asks="probe-unknown",
+                               labels=labels)
         yield twins
     finally:
         kubectl(plane, "delete", "--ignore-not-found", "-f", "-", stdin=every)

@@ -238,11 +238,15 @@ def compiled(plane: ControlPlane, kube: Kube, stream: str, *, strict: bool = Fal
     only shows without the webhook, as the webhook denies first), deleted after."""
     kubectl(plane, "apply", "-f", "-", stdin=stream)
     try:
-        probe = kube.ensure_namespace("compiled-probe", labels={INJECT: "enabled"})
-        wait_for(lambda: _denied_by_policy(kube, probe) if strict else (
-            _stamped_by_policy(kube, probe)
-            and (not clashes or _clash_denied_by_policy(kube, probe))), 60,
-                 "the compiled policies to take effect")
+        # each policy has a binding for opted-in namespaces and one for pods opted in by label,
+        # and the apiserver loads every binding on its own refresh: probe both ways in
+        probes = [(kube.ensure_namespace("compiled-probe", labels={INJECT: "enabled"}), {}),
+                  (kube.ensure_namespace("compiled-probe-plain"), {INJECT: "enabled"})]
+        wait_for(lambda: all(
+            _denied_by_policy(kube, probe, labels) if strict else (
+                _stamped_by_policy(kube, probe, labels)
+                and (not clashes or _clash_denied_by_policy(kube, probe, labels)))
+            for probe, labels in probes), 60, "the compiled policies to take effect")
         yield
     finally:
         kubectl(plane, "delete", "--ignore-not-found", "-f", "-", stdin=stream)
@@ -250,8 +254,9 @@ def compiled(plane: ControlPlane, kube: Kube, stream: str, *, strict: bool = Fal
                                    if o and o["kind"].endswith("AdmissionPolicy")])
 
 
-def _stamped_by_policy(kube: Kube, namespace: str) -> bool:
-    body = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "probe-unknown"})
+def _stamped_by_policy(kube: Kube, namespace: str, labels: dict[str, str]) -> bool:
+    body = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "probe-unknown"},
+                        labels=labels)
     try:
         pod, warnings = kube.create_pod(namespace, body, dry_run=True)
     except ApiException:
@@ -263,8 +268,9 @@ def _stamped_by_policy(kube: Kube, namespace: str) -> bool:
             and len(warnings) == 1 and VAP_WARNING.match(warnings[0]) is not None)
 
 
-def _clash_denied_by_policy(kube: Kube, namespace: str) -> bool:
+def _clash_denied_by_policy(kube: Kube, namespace: str, labels: dict[str, str]) -> bool:
     clash = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "logging"},
+                         labels=labels,
                          containers=[{"name": "logging-agent", "image": "nginx:1.27"}])
     try:
         kube.create_pod(namespace, clash, dry_run=True)
@@ -273,9 +279,11 @@ def _clash_denied_by_policy(kube: Kube, namespace: str) -> bool:
     return False
 
 
-def _denied_by_policy(kube: Kube, namespace: str) -> bool:
-    skipped = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "false"})
-    unknown = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "probe-unknown"})
+def _denied_by_policy(kube: Kube, namespace: str, labels: dict[str, str]) -> bool:
+    skipped = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "false"},
+                           labels=labels)
+    unknown = pod_manifest(f"probe-{uuid.uuid4().hex[:6]}", annotations={INJECT: "probe-unknown"},
+                           labels=labels)
     try:
         pod, _ = kube.create_pod(namespace, skipped, dry_run=True)
         if "opted-out" not in (pod["metadata"].get("annotations") or {}).get(STATUS, ""):

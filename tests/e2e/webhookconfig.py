@@ -113,15 +113,17 @@ def policy_checks(plane: ControlPlane, policies: Collection[str]) -> float:
 
 
 def checked_by(plane: ControlPlane, kube: Kube, policies: Collection[str],
-               namespace: str | None = None, asks: str = "logging") -> bool:
+               namespace: str | None = None, asks: str = "logging",
+               labels: dict[str, str] | None = None) -> bool:
     """Whether the apiserver checks a pod asking for injection (of `asks`) in an opted-in
-    namespace (created as a dry run; in `namespace` if given) with any of the admission
-    `policies`: whether it applies them now. It loads and drops a policy when its informer sees
-    the change, not when the API call returns. (A ValidatingAdmissionPolicy's check counts
-    only when it warns, denies or fails: ask for an unknown policy to see the warning one.)"""
+    namespace (created as a dry run; in `namespace` if given, with `labels`) with any of the
+    admission `policies`: whether it applies them now. It loads and drops a policy (and each of
+    its bindings) when its informer sees the change, not when the API call returns. (A
+    ValidatingAdmissionPolicy's check counts only when it warns, denies or fails: ask for an
+    unknown policy to see the warning one.)"""
     namespace = namespace or kube.ensure_namespace("policy-probe", labels={INJECT: "enabled"})
     before = policy_checks(plane, policies)
-    body = {"metadata": {"name": f"probe-{uuid.uuid4().hex[:6]}",
+    body = {"metadata": {"name": f"probe-{uuid.uuid4().hex[:6]}", "labels": labels or {},
                          "annotations": {INJECT: asks}},
             "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}
     try:
@@ -134,10 +136,11 @@ def checked_by(plane: ControlPlane, kube: Kube, policies: Collection[str],
 
 
 def wait_in_effect(plane: ControlPlane, kube: Kube, policies: Collection[str],
-                   namespace: str | None = None, asks: str = "logging") -> None:
+                   namespace: str | None = None, asks: str = "logging",
+                   labels: dict[str, str] | None = None) -> None:
     """After the admission `policies` were applied, wait until the apiserver applies them (to
-    pods in `namespace`, if given, asking for `asks`)."""
-    wait_for(lambda: checked_by(plane, kube, policies, namespace, asks), 60,
+    pods in `namespace`, if given, with `labels`, asking for `asks`)."""
+    wait_for(lambda: checked_by(plane, kube, policies, namespace, asks, labels), 60,
              f"the apiserver to apply {', '.join(sorted(policies))}")
 
 
