@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
-
 from webhook.platform import OperatingSystem, pod_os
 from webhook.podresources import PodLevelChange, grow, pod_level
 from webhook.policy import (
@@ -34,8 +32,9 @@ from webhook.selection import describe_pod
 
 NATIVE_SIDECARS_SINCE = (1, 29)
 #: `json.dumps(value, separators=(",", ":"), ensure_ascii=False)` without a new encoder per call:
-#: the stamp's text (not orjson's: `podResources` keeps the pod's own values, which may be
-#: numbers, printed as Python's json prints them, and ints past 64 bits)
+#: the stamp's and the token mount's text (not orjson's: the stamp's `podResources` keeps the
+#: pod's own values, which may be numbers, printed as Python's json prints them, and ints past
+#: 64 bits)
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 #: `json.dumps(text, ensure_ascii=False)` for a string
 _string: Callable[[str], str] = json.encoder.encode_basestring
@@ -329,8 +328,7 @@ def _token_mount(pod: PodView) -> str | None:
         for c in (*pod.init_containers, *pod.containers) for m in c.get("volumeMounts") or [])
     if not mounted:
         return None
-    return orjson.dumps({"name": volume, "readOnly": True,
-                         "mountPath": SERVICE_ACCOUNT_MOUNT_PATH}).decode()
+    return _compact({"name": volume, "readOnly": True, "mountPath": SERVICE_ACCOUNT_MOUNT_PATH})
 
 
 def skipped_status(reason: str) -> str:
